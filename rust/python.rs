@@ -1,0 +1,300 @@
+//! The `ccop._core` extension module: the only file that knows about Python.
+//!
+//! Each binding converts its arguments, calls the pure-Rust function and converts the result (the jiter
+//! pattern). Bytes come in borrowed (`&[u8]` from a `bytes` object, no copy) and go out as `bytes`. Only
+//! whole-request work that can take milliseconds releases the interpreter; per-chunk calls take microseconds,
+//! where attaching and detaching would cost more than it saves (the `PyO3` guide, "Performance").
+//!
+//! The module declares `gil_used = false`: the classes keep their state behind `PyO3`'s own borrow checking, so
+//! they are safe on free-threaded builds (a concurrent call on the same object raises instead of racing).
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+use crate::errors;
+use crate::heal;
+use crate::ndjson::LineSplitter;
+use crate::sse;
+use crate::stream::{Translator, TranslatorOptions};
+use crate::tokens;
+
+create_exception!(
+    ccop._core,
+    CoreError,
+    PyValueError,
+    "Base class of the errors raised by `ccop._core`."
+);
+create_exception!(
+    ccop._core,
+    LineTooLongError,
+    CoreError,
+    "An NDJSON line exceeded the configured length limit."
+);
+create_exception!(
+    ccop._core,
+    InvalidJsonError,
+    CoreError,
+    "The input is not valid JSON, or not the expected shape."
+);
+
+impl From<errors::CoreError> for PyErr {
+    fn from(err: errors::CoreError) -> PyErr {
+        let message = err.to_string();
+        match err {
+            errors::CoreError::InvalidJson(_) => InvalidJsonError::new_err(message),
+            errors::CoreError::LineTooLong { .. } => LineTooLongError::new_err(message),
+            errors::CoreError::InvalidSseEvent(_) => CoreError::new_err(message),
+        }
+    }
+}
+
+// The Python signatures spell the default line limit as a literal so that it shows in `__text_signature__`
+// (and `mypy.stubtest` can compare it with the stub); keep it equal to the crate constant.
+const _: () = assert!(crate::DEFAULT_MAX_LINE_BYTES == 16_777_216);
+
+/// Bodies above this size are counted with the interpreter released (64 KiB is roughly 50 µs of work; below
+/// that the detach/attach round trip is not worth it).
+const DETACH_ABOVE: usize = 64 * 1024;
+
+/// Estimate the tokens in `text`: per whitespace-separated word, ceil(chars / 4).
+#[pyfunction]
+#[pyo3(signature = (text, /))]
+fn count_tokens(text: &str) -> usize {
+    tokens::count_text(text)
+}
+
+/// Estimate the prompt tokens of an Anthropic Messages (or `count_tokens`) request body.
+#[pyfunction]
+#[pyo3(signature = (body, /))]
+fn count_request_tokens(py: Python<'_>, body: &[u8]) -> PyResult<usize> {
+    let count = if body.len() > DETACH_ABOVE {
+        // `body` borrows an immutable `bytes` object that the caller keeps alive for the whole call.
+        py.detach(|| tokens::count_request(body))
+    } else {
+        tokens::count_request(body)
+    };
+    Ok(count?)
+}
+
+/// Heal tool-call arguments into a JSON object; returns (compact JSON bytes, healing kind).
+#[pyfunction]
+#[pyo3(signature = (arguments, /))]
+fn heal_tool_arguments<'py>(arguments: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyBytes>, &'static str)> {
+    let py = arguments.py();
+    let (map, kind) = if let Ok(text) = arguments.cast::<PyString>() {
+        heal::heal_str(&text.to_cow()?)
+    } else if let Ok(bytes) = arguments.cast::<PyBytes>() {
+        heal::heal_bytes(bytes.as_bytes())
+    } else {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "arguments must be str or bytes, not {}",
+            arguments.get_type().name()?
+        )));
+    };
+    let json = serde_json::to_vec(&map).map_err(errors::CoreError::from)?;
+    Ok((PyBytes::new(py, &json), kind.as_str()))
+}
+
+/// Encode one server-sent event `event: <event>\ndata: <data>\n\n`.
+#[pyfunction]
+#[pyo3(signature = (event, data, /))]
+fn encode_sse<'py>(py: Python<'py>, event: &str, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    sse::validate_event(event)?;
+    PyBytes::new_with(py, sse::frame_len(event, data), |buf| {
+        sse::write_frame_into(buf, event, data);
+        Ok(())
+    })
+}
+
+/// Incremental NDJSON splitter: feed raw chunks, get complete non-blank lines.
+#[pyclass(module = "ccop._core", name = "NdjsonSplitter")]
+struct NdjsonSplitter {
+    inner: LineSplitter,
+}
+
+/// Collect a splitter's lines as `bytes`; the first error is raised after the whole input was consumed, so the
+/// splitter stays consistent (the over-long line is discarded up to its newline).
+fn collect_lines(
+    py: Python<'_>,
+    run: impl FnOnce(&mut dyn FnMut(Result<&[u8], errors::CoreError>)),
+) -> PyResult<Bound<'_, PyList>> {
+    let mut lines = Vec::new();
+    let mut error = None;
+    run(&mut |line| match line {
+        Ok(line) => lines.push(PyBytes::new(py, line)),
+        Err(err) => {
+            error.get_or_insert(err);
+        }
+    });
+    if let Some(err) = error {
+        return Err(err.into());
+    }
+    PyList::new(py, lines)
+}
+
+#[pymethods]
+impl NdjsonSplitter {
+    #[new]
+    #[pyo3(signature = (*, max_line_bytes = 16_777_216))]
+    fn new(max_line_bytes: usize) -> Self {
+        Self {
+            inner: LineSplitter::new(max_line_bytes),
+        }
+    }
+
+    /// Feed one raw chunk; return the lines it completed, without terminators.
+    #[pyo3(signature = (chunk, /))]
+    fn feed<'py>(&mut self, py: Python<'py>, chunk: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        collect_lines(py, |on_line| self.inner.feed(chunk, on_line))
+    }
+
+    /// End of input: return the last line if it had no newline.
+    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        collect_lines(py, |on_line| self.inner.finish(on_line))
+    }
+
+    /// Bytes of an incomplete line held back.
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.inner.buffered()
+    }
+}
+
+/// Ollama `/api/chat` NDJSON → Anthropic Messages SSE (or one JSON message).
+#[pyclass(module = "ccop._core", name = "StreamTranslator")]
+struct StreamTranslator {
+    inner: Translator,
+    /// Reused output buffer, so steady-state feeding does not allocate.
+    out: Vec<u8>,
+}
+
+impl StreamTranslator {
+    fn take_output<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let bytes = PyBytes::new(py, &self.out);
+        self.out.clear();
+        bytes
+    }
+}
+
+#[pymethods]
+impl StreamTranslator {
+    #[new]
+    #[pyo3(signature = (
+        *,
+        message_id,
+        model,
+        input_tokens_estimate,
+        max_tokens,
+        stop_sequences = Vec::new(),
+        emit_sse = true,
+        max_line_bytes = 16_777_216,
+    ))]
+    fn new(
+        message_id: String,
+        model: String,
+        input_tokens_estimate: u64,
+        max_tokens: u64,
+        stop_sequences: Vec<String>,
+        emit_sse: bool,
+        max_line_bytes: usize,
+    ) -> Self {
+        let opts = TranslatorOptions {
+            message_id,
+            model,
+            input_tokens_estimate,
+            max_tokens,
+            stop_sequences,
+            max_line_bytes,
+            emit_sse,
+        };
+        Self {
+            inner: Translator::new(opts),
+            out: Vec::new(),
+        }
+    }
+
+    /// The `message_start` frame (empty if already sent or `emit_sse` is off).
+    fn start<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        self.inner.start(&mut self.out);
+        self.take_output(py)
+    }
+
+    /// Feed raw upstream bytes; return the SSE frames they complete (`b""` when none).
+    #[pyo3(signature = (chunk, /))]
+    fn feed<'py>(&mut self, py: Python<'py>, chunk: &[u8]) -> Bound<'py, PyBytes> {
+        self.inner.feed(chunk, &mut self.out);
+        self.take_output(py)
+    }
+
+    /// Upstream EOF: flush a trailing line; report an error event if the answer was incomplete.
+    fn finish<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        self.inner.finish(&mut self.out);
+        self.take_output(py)
+    }
+
+    /// The complete non-streaming Anthropic message as JSON bytes.
+    fn message<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.message_json())
+    }
+
+    /// The message finished (done chunk or stop sequence).
+    #[getter]
+    fn done(&self) -> bool {
+        self.inner.is_done()
+    }
+
+    /// A stop sequence matched: close the upstream request.
+    #[getter]
+    fn stopped(&self) -> bool {
+        self.inner.stopped()
+    }
+
+    /// `(Anthropic error type, message)` of the reported error, or None.
+    #[getter]
+    fn error(&self) -> Option<(String, String)> {
+        self.inner
+            .error()
+            .map(|(kind, message)| (kind.to_owned(), message.to_owned()))
+    }
+
+    /// Ollama's `prompt_eval_count`, once the done chunk arrived.
+    #[getter]
+    fn prompt_eval_count(&self) -> Option<u64> {
+        self.inner.prompt_eval_count()
+    }
+
+    /// Ollama's `eval_count`, once the done chunk arrived.
+    #[getter]
+    fn eval_count(&self) -> Option<u64> {
+        self.inner.eval_count()
+    }
+
+    /// How many tool calls needed each healing kind.
+    #[getter]
+    fn heal_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (kind, count) in self.inner.heal_counts() {
+            dict.set_item(kind.as_str(), count)?;
+        }
+        Ok(dict)
+    }
+}
+
+/// Rust core of claude-code-ollama-proxy: NDJSON splitting, SSE encoding, tool-argument healing, token
+/// counting and the Ollama-to-Anthropic stream translator.
+#[pymodule(gil_used = false, module = "ccop")]
+mod _core {
+    #[pymodule_export]
+    use super::{
+        CoreError, InvalidJsonError, LineTooLongError, NdjsonSplitter, StreamTranslator, count_request_tokens,
+        count_tokens, encode_sse, heal_tool_arguments,
+    };
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", crate::pep440_version(env!("CARGO_PKG_VERSION")))
+    }
+}

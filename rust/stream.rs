@@ -1,0 +1,1604 @@
+//! The Ollama → Anthropic translation state machine.
+//!
+//! The proxy always streams from Ollama's `/api/chat`. A [`Translator`] takes the raw upstream bytes and either
+//! writes Anthropic SSE frames (streaming requests) or only accumulates the answer for one final JSON message
+//! (non-streaming requests, `emit_sse = false`). The event sequence follows Anthropic's streaming format
+//! (ollama-anthropic-gaps.md §5) and fixes the gaps listed there:
+//!
+//! - content, thinking **and** tool calls are handled on every chunk, the final `done` chunk included (tool calls
+//!   arrive only there in llama-server mode, ollama-api.md §2.4);
+//! - thinking blocks get a stable `signature_delta`; later thinking after text opens a new thinking block;
+//! - each tool call is one `tool_use` block with exactly one `input_json_delta` holding the complete, healed
+//!   arguments (Claude Code ignores `content_block_start.input`, claude-code-traffic.md §7), and gets a unique id;
+//! - stop sequences are matched here, so `stop_reason:"stop_sequence"` and the matched `stop_sequence` can be
+//!   reported (Ollama strips the match and cannot say which one matched);
+//! - `done_reason:"length"` below `max_tokens` becomes `model_context_window_exceeded` (a full context window, not
+//!   the client's limit; gaps §7 item 1);
+//! - upstream `{"error": …}` lines, malformed lines and an early EOF become an Anthropic `error` event instead of
+//!   a silently truncated stream (gaps §7 item 12).
+//!
+//! Block indices start at 0, increase by one per block and are never reused. Consecutive text (or thinking)
+//! deltas for the open block within one [`Translator::feed`] call are coalesced into a single delta event.
+
+use std::hash::{BuildHasher, RandomState};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::chunk::{Chunk, ToolCall, parse_chunk};
+use crate::errors::CoreError;
+use crate::heal::{HealKind, heal_value};
+use crate::ndjson::LineSplitter;
+use crate::sse::{self, Usage};
+use crate::tokens::{count_json, count_text};
+
+/// Message for a stream that ended without a `done` chunk or an error line.
+pub const EARLY_EOF_MESSAGE: &str = "Ollama closed the stream before the answer was complete";
+
+/// Longest excerpt of a malformed upstream line quoted in the error message, in characters.
+const EXCERPT_CHARS: usize = 80;
+
+/// Longest upstream error text passed on, in bytes; upstream errors are short, this only bounds hostile input.
+const MAX_ERROR_TEXT: usize = 2000;
+
+/// Construction parameters of a [`Translator`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslatorOptions {
+    /// The Anthropic message id (`msg_…`) chosen by the caller.
+    pub message_id: String,
+    /// The model name the client sent, echoed back as Anthropic does.
+    pub model: String,
+    /// Estimated prompt tokens, reported in `message_start` and used when Ollama reports no `prompt_eval_count`.
+    pub input_tokens_estimate: u64,
+    /// The client's `max_tokens`, to tell `max_tokens` from a full context window on `done_reason:"length"`.
+    pub max_tokens: u64,
+    /// The client's `stop_sequences`; empty strings are ignored.
+    pub stop_sequences: Vec<String>,
+    /// Longest upstream NDJSON line accepted, in bytes.
+    pub max_line_bytes: usize,
+    /// Write SSE frames (`true`) or only accumulate for [`Translator::message_json`] (`false`).
+    pub emit_sse: bool,
+}
+
+impl Default for TranslatorOptions {
+    fn default() -> Self {
+        Self {
+            message_id: String::new(),
+            model: String::new(),
+            input_tokens_estimate: 0,
+            max_tokens: 0,
+            stop_sequences: Vec::new(),
+            max_line_bytes: crate::DEFAULT_MAX_LINE_BYTES,
+            emit_sse: true,
+        }
+    }
+}
+
+/// One content block of the answer, in the order the blocks were opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Block {
+    Thinking { thinking: String },
+    Text { text: String },
+    ToolUse { id: String, name: String, input: String },
+}
+
+impl Block {
+    fn output_tokens(&self) -> usize {
+        match self {
+            Block::Thinking { thinking: text } | Block::Text { text } => count_text(text),
+            Block::ToolUse { name, input, .. } => count_text(name) + count_json(input),
+        }
+    }
+}
+
+/// Where the translation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for more upstream data.
+    Streaming,
+    /// `message_stop` was produced (done chunk or stop sequence).
+    Finished,
+    /// An error was reported; further input is ignored.
+    Failed,
+}
+
+/// The Ollama → Anthropic stream translator. See the module docs.
+#[derive(Debug)]
+pub struct Translator {
+    opts: TranslatorOptions,
+    splitter: LineSplitter,
+    blocks: Vec<Block>,
+    /// Whether the last block is still open (only thinking and text blocks stay open).
+    open: bool,
+    /// Byte offset into the open block's text from which no delta has been written yet (coalescing).
+    pending_from: usize,
+    /// Trailing text held back because it could be the start of a stop sequence.
+    held: String,
+    started: bool,
+    phase: Phase,
+    stop_reason: Option<&'static str>,
+    stop_sequence: Option<String>,
+    prompt_eval_count: Option<u64>,
+    prompt_eval_cached_count: Option<u64>,
+    eval_count: Option<u64>,
+    error: Option<(&'static str, String)>,
+    heal_counts: [u64; 4],
+    /// Created on first use: most tool calls come with a usable id.
+    rng: Option<fastrand::Rng>,
+}
+
+impl Translator {
+    /// Create a translator for one message.
+    pub fn new(mut opts: TranslatorOptions) -> Self {
+        opts.stop_sequences.retain(|s| !s.is_empty());
+        Self {
+            splitter: LineSplitter::new(opts.max_line_bytes),
+            opts,
+            blocks: Vec::new(),
+            open: false,
+            pending_from: 0,
+            held: String::new(),
+            started: false,
+            phase: Phase::Streaming,
+            stop_reason: None,
+            stop_sequence: None,
+            prompt_eval_count: None,
+            prompt_eval_cached_count: None,
+            eval_count: None,
+            error: None,
+            heal_counts: [0; 4],
+            rng: None,
+        }
+    }
+
+    /// Write the `message_start` frame. Idempotent: it is written once, by this call or by the first frame that
+    /// needs it (so a caller that skips `start` still produces a valid stream).
+    pub fn start(&mut self, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        if self.opts.emit_sse {
+            let usage = Usage {
+                input_tokens: self.opts.input_tokens_estimate,
+                output_tokens: 0,
+                cache_read_input_tokens: None,
+            };
+            sse::message_start(out, &self.opts.message_id, &self.opts.model, &usage);
+        }
+    }
+
+    /// Feed raw upstream bytes (any chunking); SSE frames for everything completed are appended to `out`.
+    ///
+    /// Input after the message finished or failed is ignored.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.phase != Phase::Streaming {
+            return;
+        }
+        // The splitter's callback needs `&mut self`, so the splitter steps out of `self` for the call.
+        let mut splitter = std::mem::take(&mut self.splitter);
+        splitter.feed(chunk, |line| self.on_line(line, out));
+        self.splitter = splitter;
+        self.flush_pending(out);
+    }
+
+    /// Signal upstream EOF: a trailing line without newline is processed, and a stream that ended without a
+    /// `done` chunk or an error gets an `api_error` event ([`EARLY_EOF_MESSAGE`]).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.phase == Phase::Streaming {
+            let mut splitter = std::mem::take(&mut self.splitter);
+            splitter.finish(|line| self.on_line(line, out));
+            self.splitter = splitter;
+        }
+        if self.phase == Phase::Streaming {
+            self.fail("api_error", EARLY_EOF_MESSAGE.to_owned(), out);
+        }
+        self.flush_pending(out);
+    }
+
+    /// True once the message is complete (`message_stop` produced): after the done chunk, or a stop sequence.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// True when one of the client's stop sequences matched: the caller should close the upstream request.
+    pub fn stopped(&self) -> bool {
+        self.stop_sequence.is_some()
+    }
+
+    /// The reported error as `(Anthropic error type, message)`, if any.
+    pub fn error(&self) -> Option<(&str, &str)> {
+        self.error.as_ref().map(|(kind, message)| (*kind, message.as_str()))
+    }
+
+    /// Ollama's `prompt_eval_count` from the done chunk.
+    pub fn prompt_eval_count(&self) -> Option<u64> {
+        self.prompt_eval_count
+    }
+
+    /// Ollama's `prompt_eval_cached_count` from the done chunk, where the server reports it.
+    pub fn prompt_eval_cached_count(&self) -> Option<u64> {
+        self.prompt_eval_cached_count
+    }
+
+    /// Ollama's `eval_count` from the done chunk.
+    pub fn eval_count(&self) -> Option<u64> {
+        self.eval_count
+    }
+
+    /// How many tool calls needed each healing step, indexed by [`HealKind::index`].
+    pub fn heal_counts(&self) -> [(HealKind, u64); 4] {
+        HealKind::ALL.map(|kind| (kind, self.heal_counts[kind.index()]))
+    }
+
+    /// The stop reason, once the message finished.
+    pub fn stop_reason(&self) -> Option<&str> {
+        self.stop_reason
+    }
+
+    /// The complete non-streaming Anthropic message as JSON.
+    ///
+    /// Blocks appear in the order they were opened: thinking `{type,thinking,signature}`, text `{type,text}`,
+    /// `tool_use` `{type,id,name,input}`. Before the message finished, `stop_reason` and `stop_sequence` are null.
+    pub fn message_json(&self) -> Vec<u8> {
+        let content_len: usize = self
+            .blocks
+            .iter()
+            .map(|block| match block {
+                Block::Thinking { thinking: text } | Block::Text { text } => text.len() + 64,
+                Block::ToolUse { id, name, input } => id.len() + name.len() + input.len() + 64,
+            })
+            .sum();
+        let mut out = Vec::with_capacity(256 + content_len);
+        out.extend_from_slice(b"{\"id\":");
+        sse::push_json_str(&mut out, &self.opts.message_id);
+        out.extend_from_slice(b",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
+        sse::push_json_str(&mut out, &self.opts.model);
+        out.extend_from_slice(b",\"content\":[");
+        for (i, block) in self.blocks.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match block {
+                Block::Thinking { thinking } => {
+                    out.extend_from_slice(b"{\"type\":\"thinking\",\"thinking\":");
+                    sse::push_json_str(&mut out, thinking);
+                    out.extend_from_slice(b",\"signature\":");
+                    sse::push_json_str(&mut out, &signature(thinking));
+                    out.push(b'}');
+                }
+                Block::Text { text } => {
+                    out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
+                    sse::push_json_str(&mut out, text);
+                    out.push(b'}');
+                }
+                Block::ToolUse { id, name, input } => {
+                    out.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
+                    sse::push_json_str(&mut out, id);
+                    out.extend_from_slice(b",\"name\":");
+                    sse::push_json_str(&mut out, name);
+                    out.extend_from_slice(b",\"input\":");
+                    // Compact JSON produced by serde_json from a healed object: embedded as is.
+                    out.extend_from_slice(input.as_bytes());
+                    out.push(b'}');
+                }
+            }
+        }
+        out.extend_from_slice(b"],\"stop_reason\":");
+        sse::push_opt_json_str(&mut out, self.stop_reason);
+        out.extend_from_slice(b",\"stop_sequence\":");
+        sse::push_opt_json_str(&mut out, self.stop_sequence.as_deref());
+        out.extend_from_slice(b",\"usage\":");
+        sse::push_usage(&mut out, &self.usage());
+        out.push(b'}');
+        out
+    }
+
+    /// Usage totals: Ollama's counts when reported, the estimates otherwise.
+    ///
+    /// Ollama's `prompt_eval_count` includes the cached prompt tokens, while Anthropic's `input_tokens` excludes
+    /// the ones reported in `cache_read_input_tokens` (a client adds the two up), so the cached part is
+    /// subtracted to avoid counting it twice.
+    fn usage(&self) -> Usage {
+        let cached = self.prompt_eval_cached_count;
+        let input_tokens = match self.prompt_eval_count {
+            Some(prompt) => prompt.saturating_sub(cached.unwrap_or(0)),
+            None => self.opts.input_tokens_estimate,
+        };
+        let output_tokens = self.eval_count.unwrap_or_else(|| self.output_estimate());
+        Usage {
+            input_tokens,
+            output_tokens,
+            cache_read_input_tokens: cached,
+        }
+    }
+
+    fn output_estimate(&self) -> u64 {
+        self.blocks.iter().map(|block| block.output_tokens() as u64).sum()
+    }
+
+    fn on_line(&mut self, line: Result<&[u8], CoreError>, out: &mut Vec<u8>) {
+        if self.phase != Phase::Streaming {
+            return;
+        }
+        match line {
+            Err(CoreError::LineTooLong { limit }) => {
+                self.fail(
+                    "api_error",
+                    format!("Ollama sent a line longer than {limit} bytes"),
+                    out,
+                );
+            }
+            Err(other) => self.fail("api_error", format!("Ollama stream could not be read: {other}"), out),
+            Ok(line) => match parse_chunk(line) {
+                Ok(chunk) => self.on_chunk(chunk, out),
+                Err(err) => {
+                    let message = format!("Ollama sent a malformed line ({err}): {:?}", excerpt(line));
+                    self.fail("api_error", message, out);
+                }
+            },
+        }
+    }
+
+    fn on_chunk(&mut self, chunk: Chunk<'_>, out: &mut Vec<u8>) {
+        if let Some(error) = chunk.error {
+            let text = error.text();
+            let text = truncate(&text, MAX_ERROR_TEXT);
+            self.fail(classify_error(text), format!("Ollama reported an error: {text}"), out);
+            return;
+        }
+        if let Some(message) = chunk.message {
+            if let Some(thinking) = &message.thinking {
+                self.on_thinking(thinking.as_str(), out);
+            }
+            if let Some(content) = &message.content {
+                self.on_text(content.as_str(), out);
+                if self.phase != Phase::Streaming {
+                    return;
+                }
+            }
+            for call in message.tool_calls.into_iter().flatten() {
+                self.on_tool_call(call, out);
+            }
+        }
+        self.prompt_eval_count = chunk.prompt_eval_count.or(self.prompt_eval_count);
+        self.prompt_eval_cached_count = chunk.prompt_eval_cached_count.or(self.prompt_eval_cached_count);
+        self.eval_count = chunk.eval_count.or(self.eval_count);
+        if chunk.done {
+            let reason = self.map_done_reason(chunk.done_reason.as_ref().map(crate::json::CowStr::as_str));
+            self.finish_message(reason, out);
+        }
+    }
+
+    /// Anthropic stop reason for a done chunk (ollama-anthropic-gaps.md §4, with the context-window fix).
+    fn map_done_reason(&self, done_reason: Option<&str>) -> &'static str {
+        if self.blocks.iter().any(|block| matches!(block, Block::ToolUse { .. })) {
+            return "tool_use";
+        }
+        match done_reason {
+            Some("length") => {
+                let generated = self.eval_count.unwrap_or_else(|| self.output_estimate());
+                if generated >= self.opts.max_tokens {
+                    "max_tokens"
+                } else {
+                    "model_context_window_exceeded"
+                }
+            }
+            _ => "end_turn",
+        }
+    }
+
+    fn on_thinking(&mut self, thinking: &str, out: &mut Vec<u8>) {
+        if thinking.is_empty() {
+            return;
+        }
+        if !(self.open && matches!(self.blocks.last(), Some(Block::Thinking { .. }))) {
+            self.release_held(out);
+            self.close_open_block(out);
+            self.open_block(
+                Block::Thinking {
+                    thinking: String::new(),
+                },
+                out,
+            );
+        }
+        if let Some(Block::Thinking { thinking: text }) = self.blocks.last_mut() {
+            text.push_str(thinking);
+        }
+    }
+
+    fn on_text(&mut self, text: &str, out: &mut Vec<u8>) {
+        if text.is_empty() {
+            return;
+        }
+        if self.opts.stop_sequences.is_empty() {
+            self.emit_text(text, out);
+            return;
+        }
+        let mut buffer = std::mem::take(&mut self.held);
+        buffer.push_str(text);
+        if let Some((start, which)) = find_stop(&buffer, &self.opts.stop_sequences) {
+            self.emit_text(&buffer[..start], out);
+            self.stop_sequence = Some(self.opts.stop_sequences[which].clone());
+            self.finish_message("stop_sequence", out);
+            return;
+        }
+        let cut = buffer.len() - partial_stop_len(&buffer, &self.opts.stop_sequences);
+        self.emit_text(&buffer[..cut], out);
+        buffer.drain(..cut);
+        self.held = buffer;
+    }
+
+    /// Emit text held back for stop-sequence matching (it cannot be part of a match any more).
+    fn release_held(&mut self, out: &mut Vec<u8>) {
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.emit_text(&held, out);
+        }
+    }
+
+    fn emit_text(&mut self, text: &str, out: &mut Vec<u8>) {
+        if text.is_empty() {
+            return;
+        }
+        if !(self.open && matches!(self.blocks.last(), Some(Block::Text { .. }))) {
+            self.close_open_block(out);
+            self.open_block(Block::Text { text: String::new() }, out);
+        }
+        if let Some(Block::Text { text: block }) = self.blocks.last_mut() {
+            block.push_str(text);
+        }
+    }
+
+    fn on_tool_call(&mut self, call: ToolCall<'_>, out: &mut Vec<u8>) {
+        self.release_held(out);
+        self.close_open_block(out);
+        let function = call.function.unwrap_or_default();
+        let name = function.name.map(|name| name.0.into_owned()).unwrap_or_default();
+        let (arguments, kind) = heal_value(function.arguments.unwrap_or_default());
+        self.heal_counts[kind.index()] += 1;
+        // Serialising a map of JSON values cannot fail; `{}` is only a formal fallback.
+        let input = serde_json::to_string(&arguments).unwrap_or_else(|_| "{}".to_owned());
+        let id = match call.id {
+            Some(id) if !id.as_str().is_empty() && !self.id_used(id.as_str()) => id.0.into_owned(),
+            _ => self.new_tool_id(),
+        };
+        let index = self.blocks.len();
+        self.start(out);
+        if self.opts.emit_sse {
+            sse::tool_use_block_start(out, index, &id, &name);
+            sse::input_json_delta(out, index, &input);
+            sse::content_block_stop(out, index);
+        }
+        self.blocks.push(Block::ToolUse { id, name, input });
+    }
+
+    fn id_used(&self, id: &str) -> bool {
+        self.blocks
+            .iter()
+            .any(|block| matches!(block, Block::ToolUse { id: used, .. } if used == id))
+    }
+
+    /// `toolu_` plus 24 random base62 characters, unique within this message.
+    fn new_tool_id(&mut self) -> String {
+        loop {
+            let message_id = &self.opts.message_id;
+            let rng = self.rng.get_or_insert_with(|| seeded_rng(message_id));
+            let mut id = String::with_capacity(30);
+            id.push_str("toolu_");
+            id.extend(std::iter::repeat_with(|| rng.alphanumeric()).take(24));
+            if !self.id_used(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Push a new open thinking or text block and write its `content_block_start`.
+    fn open_block(&mut self, block: Block, out: &mut Vec<u8>) {
+        let index = self.blocks.len();
+        self.start(out);
+        if self.opts.emit_sse {
+            match block {
+                Block::Thinking { .. } => sse::thinking_block_start(out, index),
+                _ => sse::text_block_start(out, index),
+            }
+        }
+        self.blocks.push(block);
+        self.open = true;
+        self.pending_from = 0;
+    }
+
+    /// Write the coalesced delta for the open block, if any text is waiting.
+    fn flush_pending(&mut self, out: &mut Vec<u8>) {
+        if !self.open {
+            return;
+        }
+        let index = self.blocks.len() - 1;
+        match self.blocks.last() {
+            Some(Block::Text { text }) if text.len() > self.pending_from => {
+                if self.opts.emit_sse {
+                    sse::text_delta(out, index, &text[self.pending_from..]);
+                }
+                self.pending_from = text.len();
+            }
+            Some(Block::Thinking { thinking }) if thinking.len() > self.pending_from => {
+                if self.opts.emit_sse {
+                    sse::thinking_delta(out, index, &thinking[self.pending_from..]);
+                }
+                self.pending_from = thinking.len();
+            }
+            _ => {}
+        }
+    }
+
+    /// Flush and stop the open block; a thinking block gets its signature first.
+    fn close_open_block(&mut self, out: &mut Vec<u8>) {
+        if !self.open {
+            return;
+        }
+        self.flush_pending(out);
+        self.open = false;
+        if self.opts.emit_sse {
+            let index = self.blocks.len() - 1;
+            if let Some(Block::Thinking { thinking }) = self.blocks.last() {
+                sse::signature_delta(out, index, &signature(thinking));
+            }
+            sse::content_block_stop(out, index);
+        }
+    }
+
+    fn finish_message(&mut self, stop_reason: &'static str, out: &mut Vec<u8>) {
+        self.release_held(out);
+        self.close_open_block(out);
+        self.stop_reason = Some(stop_reason);
+        self.phase = Phase::Finished;
+        self.start(out);
+        if self.opts.emit_sse {
+            let usage = self.usage();
+            sse::message_delta(out, stop_reason, self.stop_sequence.as_deref(), &usage);
+            sse::message_stop(out);
+        }
+    }
+
+    /// Report an error event and stop. Text already received is sent first; the open block is left open, as
+    /// Anthropic does when a stream fails.
+    fn fail(&mut self, kind: &'static str, message: String, out: &mut Vec<u8>) {
+        self.release_held(out);
+        self.flush_pending(out);
+        if self.opts.emit_sse {
+            sse::error(out, kind, &message);
+        }
+        self.error = Some((kind, message));
+        self.phase = Phase::Failed;
+    }
+}
+
+/// The thinking signature: `ccop.` plus the 64-bit FNV-1a hash of the text in hex.
+///
+/// Anthropic signs thinking blocks so they can be verified when sent back; Ollama has no such thing. Claude Code
+/// only echoes the signature (claude-code-traffic.md §4), so it just has to be stable: the same text always gives
+/// the same signature, across processes and versions (hence a fixed hash, not `DefaultHasher`).
+pub fn signature(thinking: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in thinking.as_bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("ccop.{hash:016x}")
+}
+
+/// A random generator seeded from OS randomness (std's `RandomState` keys), the message id, the process id and
+/// the time, so forked workers that inherited the same thread-local keys still diverge.
+fn seeded_rng(message_id: &str) -> fastrand::Rng {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    fastrand::Rng::with_seed(RandomState::new().hash_one((message_id, std::process::id(), nanos)))
+}
+
+/// Anthropic error type for an Ollama error text.
+///
+/// `server busy` is Ollama's full-queue 503; an overflowing prompt is the client's problem
+/// (`invalid_request_error`, like Anthropic's "prompt is too long"); everything else is `api_error`. Go's
+/// "context deadline exceeded"/"context canceled" are timeouts, not overflows, and stay `api_error`.
+pub fn classify_error(text: &str) -> &'static str {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("server busy") || lower.contains("overloaded") {
+        "overloaded_error"
+    } else if [
+        "exceeds the available context size",
+        "exceed_context_size",
+        "context window",
+        "context length",
+        "context size",
+        "context overflow",
+        "prompt is too long",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle))
+    {
+        "invalid_request_error"
+    } else {
+        "api_error"
+    }
+}
+
+/// The earliest-ending stop-sequence match in `text` as `(start byte, index into stops)`.
+///
+/// Generation would have stopped where a match first completes, so the earliest end wins; on a tie the longer
+/// sequence (earlier start) wins.
+fn find_stop(text: &str, stops: &[String]) -> Option<(usize, usize)> {
+    let mut best: Option<(usize, usize, usize)> = None;
+    for (which, stop) in stops.iter().enumerate() {
+        if let Some(start) = text.find(stop.as_str()) {
+            let end = start + stop.len();
+            if best.is_none_or(|(best_end, best_start, _)| end < best_end || (end == best_end && start < best_start)) {
+                best = Some((end, start, which));
+            }
+        }
+    }
+    best.map(|(_, start, which)| (start, which))
+}
+
+/// Length in bytes of the longest suffix of `text` that is a proper prefix of a stop sequence.
+fn partial_stop_len(text: &str, stops: &[String]) -> usize {
+    let bytes = text.as_bytes();
+    let mut best = 0;
+    for stop in stops {
+        let longest = (stop.len() - 1).min(bytes.len());
+        for len in (best + 1..=longest).rev() {
+            // A char-boundary prefix of the stop sequence starts on a char boundary of `text` too.
+            if stop.is_char_boundary(len) && bytes.ends_with(&stop.as_bytes()[..len]) {
+                best = len;
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// The first [`EXCERPT_CHARS`] characters of a line, lossily decoded (for error messages).
+fn excerpt(line: &[u8]) -> String {
+    let head = &line[..line.len().min(EXCERPT_CHARS * 4)];
+    let text = String::from_utf8_lossy(head);
+    let mut excerpt: String = text.chars().take(EXCERPT_CHARS).collect();
+    if excerpt.len() < line.len() {
+        excerpt.push('…');
+    }
+    excerpt
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::parse_frames;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn opts() -> TranslatorOptions {
+        TranslatorOptions {
+            message_id: "msg_test".into(),
+            model: "claude-sonnet-4-5".into(),
+            input_tokens_estimate: 100,
+            max_tokens: 1000,
+            ..TranslatorOptions::default()
+        }
+    }
+
+    fn line(value: &Value) -> String {
+        let mut text = serde_json::to_string(value).unwrap();
+        text.push('\n');
+        text
+    }
+
+    fn content(text: &str) -> String {
+        line(&json!({"model": "m", "message": {"role": "assistant", "content": text}, "done": false}))
+    }
+
+    fn thinking(text: &str) -> String {
+        line(&json!({"model": "m", "message": {"role": "assistant", "content": "", "thinking": text}, "done": false}))
+    }
+
+    fn tools(calls: &Value) -> String {
+        line(&json!({"message": {"role": "assistant", "content": "", "tool_calls": calls}, "done": false}))
+    }
+
+    fn done(reason: &str, eval_count: u64) -> String {
+        line(
+            &json!({"message": {"role": "assistant", "content": ""}, "done": true, "done_reason": reason,
+            "prompt_eval_count": 18234, "eval_count": eval_count}),
+        )
+    }
+
+    /// Run a translator over `feeds` (one `feed` call each), then `finish`; return the translator and frames.
+    fn run<S: AsRef<str>>(opts: TranslatorOptions, feeds: &[S]) -> (Translator, Vec<(String, Value)>) {
+        let mut translator = Translator::new(opts);
+        let mut out = Vec::new();
+        translator.start(&mut out);
+        for feed in feeds {
+            translator.feed(feed.as_ref().as_bytes(), &mut out);
+        }
+        translator.finish(&mut out);
+        let frames = parse_frames(&out);
+        (translator, frames)
+    }
+
+    fn events(frames: &[(String, Value)]) -> Vec<&str> {
+        frames.iter().map(|(event, _)| event.as_str()).collect()
+    }
+
+    /// Check the event grammar and rebuild the message the way an Anthropic client accumulates it.
+    ///
+    /// Returns the rebuilt message (comparable with `message_json`) and whether the stream ended in `error`.
+    fn rebuild(frames: &[(String, Value)]) -> (Value, bool) {
+        let mut message = Value::Null;
+        let mut open: Option<usize> = None;
+        let mut partial_json = String::new();
+        let mut finished = false;
+        for (i, (event, data)) in frames.iter().enumerate() {
+            assert_eq!(data["type"], event.as_str(), "data.type matches the event name");
+            assert!(!finished, "nothing after message_stop");
+            match event.as_str() {
+                "message_start" => {
+                    assert_eq!(i, 0, "message_start comes first");
+                    message = data["message"].clone();
+                }
+                "content_block_start" => {
+                    assert!(open.is_none(), "previous block closed first");
+                    let index = usize::try_from(data["index"].as_u64().unwrap()).unwrap();
+                    let blocks = message["content"].as_array_mut().unwrap();
+                    assert_eq!(index, blocks.len(), "indices increase by one from 0");
+                    blocks.push(data["content_block"].clone());
+                    open = Some(index);
+                    partial_json.clear();
+                }
+                "content_block_delta" => {
+                    let index = usize::try_from(data["index"].as_u64().unwrap()).unwrap();
+                    assert_eq!(open, Some(index), "delta for the open block");
+                    let block = &mut message["content"][index];
+                    let delta = &data["delta"];
+                    match (block["type"].as_str().unwrap(), delta["type"].as_str().unwrap()) {
+                        ("text", "text_delta") => {
+                            let text = delta["text"].as_str().unwrap();
+                            assert!(!text.is_empty(), "no empty deltas");
+                            block["text"] = Value::String(format!("{}{text}", block["text"].as_str().unwrap()));
+                        }
+                        ("thinking", "thinking_delta") => {
+                            let text = delta["thinking"].as_str().unwrap();
+                            assert!(!text.is_empty(), "no empty deltas");
+                            block["thinking"] = Value::String(format!("{}{text}", block["thinking"].as_str().unwrap()));
+                        }
+                        ("thinking", "signature_delta") => block["signature"] = delta["signature"].clone(),
+                        ("tool_use", "input_json_delta") => {
+                            partial_json.push_str(delta["partial_json"].as_str().unwrap());
+                        }
+                        other => panic!("delta {other:?} does not fit its block"),
+                    }
+                }
+                "content_block_stop" => {
+                    let index = usize::try_from(data["index"].as_u64().unwrap()).unwrap();
+                    assert_eq!(open, Some(index));
+                    let block = &mut message["content"][index];
+                    if block["type"] == "tool_use" {
+                        block["input"] = serde_json::from_str(&partial_json).expect("input_json_delta is JSON");
+                        assert!(block["input"].is_object());
+                    }
+                    if block["type"] == "thinking" {
+                        assert!(
+                            block["signature"].as_str().unwrap().starts_with("ccop."),
+                            "signature sent"
+                        );
+                    }
+                    open = None;
+                }
+                "message_delta" => {
+                    assert!(open.is_none(), "all blocks closed before message_delta");
+                    message["stop_reason"] = data["delta"]["stop_reason"].clone();
+                    message["stop_sequence"] = data["delta"]["stop_sequence"].clone();
+                    message["usage"] = data["usage"].clone();
+                }
+                "message_stop" => finished = true,
+                "error" => {
+                    assert_eq!(i, frames.len() - 1, "error is the last event");
+                    return (message, true);
+                }
+                other => panic!("unexpected event {other}"),
+            }
+        }
+        (message, false)
+    }
+
+    fn message_of(translator: &Translator) -> Value {
+        serde_json::from_slice(&translator.message_json()).expect("message_json is JSON")
+    }
+
+    /// Same input through a non-SSE translator: no frames, same message.
+    fn assert_non_sse_matches<S: AsRef<str>>(opts: TranslatorOptions, feeds: &[S], expected: &Value) {
+        let mut translator = Translator::new(TranslatorOptions {
+            emit_sse: false,
+            ..opts
+        });
+        let mut out = Vec::new();
+        translator.start(&mut out);
+        for feed in feeds {
+            translator.feed(feed.as_ref().as_bytes(), &mut out);
+        }
+        translator.finish(&mut out);
+        assert!(out.is_empty(), "no frames without emit_sse");
+        assert_eq!(&message_of(&translator), expected);
+    }
+
+    #[test]
+    fn text_only_stream() {
+        let feeds = [content("Hello"), content(", world"), done("stop", 3)];
+        let (translator, frames) = run(opts(), &feeds);
+        assert_eq!(
+            events(&frames),
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(
+            frames[0].1,
+            json!({"type": "message_start", "message": {"id": "msg_test", "type": "message", "role": "assistant",
+                "model": "claude-sonnet-4-5", "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 100, "output_tokens": 0}}})
+        );
+        assert_eq!(frames[2].1["delta"], json!({"type": "text_delta", "text": "Hello"}));
+        assert_eq!(frames[3].1["delta"], json!({"type": "text_delta", "text": ", world"}));
+        assert_eq!(
+            frames[5].1,
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"input_tokens": 18234, "output_tokens": 3}})
+        );
+        assert!(translator.is_done());
+        assert!(!translator.stopped());
+        assert!(translator.error().is_none());
+        assert_eq!(translator.prompt_eval_count(), Some(18234));
+        assert_eq!(translator.eval_count(), Some(3));
+        let expected = json!({"id": "msg_test", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "Hello, world"}], "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 18234, "output_tokens": 3}});
+        assert_eq!(message_of(&translator), expected);
+        assert_eq!(rebuild(&frames), (expected.clone(), false));
+        assert_non_sse_matches(opts(), &feeds, &expected);
+    }
+
+    #[test]
+    fn thinking_then_text() {
+        let feeds = [
+            thinking("User wants"),
+            thinking(" the file."),
+            content("Reading it."),
+            done("stop", 9),
+        ];
+        let (translator, frames) = run(opts(), &feeds);
+        assert_eq!(
+            events(&frames),
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(
+            frames[1].1["content_block"],
+            json!({"type": "thinking", "thinking": "", "signature": ""})
+        );
+        let sig = signature("User wants the file.");
+        assert_eq!(
+            frames[4].1["delta"],
+            json!({"type": "signature_delta", "signature": sig})
+        );
+        assert_eq!(frames[6].1["index"], 1);
+        let message = message_of(&translator);
+        assert_eq!(
+            message["content"],
+            json!([{"type": "thinking", "thinking": "User wants the file.", "signature": sig},
+                   {"type": "text", "text": "Reading it."}])
+        );
+        assert_eq!(rebuild(&frames).0, message);
+        assert_non_sse_matches(opts(), &feeds, &message);
+    }
+
+    #[test]
+    fn signature_is_stable() {
+        assert_eq!(signature("abc"), signature("abc"));
+        assert_ne!(signature("abc"), signature("abd"));
+        // FNV-1a 64 of the empty string is the offset basis.
+        assert_eq!(signature(""), "ccop.cbf29ce484222325");
+        assert_eq!(signature("a"), "ccop.af63dc4c8601ec8c");
+    }
+
+    #[test]
+    fn thinking_after_text_opens_a_new_block() {
+        let feeds = [content("a"), thinking("b"), content("c"), done("stop", 3)];
+        let (translator, frames) = run(opts(), &feeds);
+        let message = message_of(&translator);
+        let types: Vec<&str> = message["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["text", "thinking", "text"]);
+        assert_eq!(rebuild(&frames).0, message);
+    }
+
+    #[test]
+    fn tool_calls_mid_stream() {
+        let feeds = [
+            thinking("User wants the file."),
+            content("Let me read it."),
+            tools(
+                &json!([{"id": "call_k3j9x0qa", "function": {"index": 0, "name": "Read", "arguments": {"file_path": "/src/a.ts"}}}]),
+            ),
+            done("stop", 57),
+        ];
+        let (translator, frames) = run(opts(), &feeds);
+        let starts: Vec<&Value> = frames
+            .iter()
+            .filter(|(e, _)| e == "content_block_start")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(
+            starts[2],
+            &json!({"type": "content_block_start", "index": 2,
+                "content_block": {"type": "tool_use", "id": "call_k3j9x0qa", "name": "Read", "input": {}}})
+        );
+        let json_deltas: Vec<&Value> = frames
+            .iter()
+            .filter(|(_, d)| d["delta"]["type"] == "input_json_delta")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(json_deltas.len(), 1, "exactly one input_json_delta");
+        assert_eq!(json_deltas[0]["delta"]["partial_json"], "{\"file_path\":\"/src/a.ts\"}");
+        let message = message_of(&translator);
+        assert_eq!(message["stop_reason"], "tool_use");
+        assert_eq!(
+            message["content"][2],
+            json!({"type": "tool_use", "id": "call_k3j9x0qa", "name": "Read", "input": {"file_path": "/src/a.ts"}})
+        );
+        assert_eq!(rebuild(&frames).0, message);
+        assert_non_sse_matches(opts(), &feeds, &message);
+    }
+
+    #[test]
+    fn tool_calls_only_in_done_chunk_with_content() {
+        let last = line(
+            &json!({"message": {"role": "assistant", "content": " tail", "thinking": "",
+            "tool_calls": [{"id": "call_1", "function": {"index": 0, "name": "Bash", "arguments": {"command": "ls", "timeout": 5}}},
+                           {"id": "call_2", "function": {"index": 1, "name": "Read", "arguments": {"file_path": "/x"}}}]},
+            "done": true, "done_reason": "stop", "prompt_eval_count": 10, "eval_count": 20}),
+        );
+        let feeds = [content("Head"), last];
+        let (translator, frames) = run(opts(), &feeds);
+        let message = message_of(&translator);
+        assert_eq!(message["content"][0], json!({"type": "text", "text": "Head tail"}));
+        assert_eq!(message["content"][1]["id"], "call_1");
+        assert_eq!(
+            serde_json::to_string(&message["content"][1]["input"]).unwrap(),
+            r#"{"command":"ls","timeout":5}"#
+        );
+        assert_eq!(message["content"][2]["name"], "Read");
+        assert_eq!(message["stop_reason"], "tool_use");
+        assert_eq!(rebuild(&frames).0, message);
+        assert!(translator.is_done());
+        assert_non_sse_matches(opts(), &feeds, &message);
+    }
+
+    #[test]
+    fn content_in_done_chunk() {
+        let last = line(
+            &json!({"message": {"role": "assistant", "content": "!"}, "done": true, "done_reason": "stop", "eval_count": 2}),
+        );
+        let feeds = [content("Hi"), last];
+        let (translator, frames) = run(opts(), &feeds);
+        assert_eq!(
+            message_of(&translator)["content"],
+            json!([{"type": "text", "text": "Hi!"}])
+        );
+        // Without a prompt_eval_count the estimate stays.
+        assert_eq!(
+            message_of(&translator)["usage"],
+            json!({"input_tokens": 100, "output_tokens": 2})
+        );
+        assert_eq!(rebuild(&frames).0, message_of(&translator));
+    }
+
+    #[test]
+    fn parallel_tool_calls_with_empty_and_duplicate_ids() {
+        let calls = json!([
+            {"id": "", "function": {"index": 0, "name": "A", "arguments": {}}},
+            {"function": {"index": 1, "name": "B", "arguments": {}}},
+            {"id": "call_x", "function": {"index": 2, "name": "C", "arguments": {}}},
+            {"id": "call_x", "function": {"index": 3, "name": "D", "arguments": {}}},
+            {"id": "call_y", "function": {"index": 4, "name": "E", "arguments": null}},
+            {"id": "call_z"}
+        ]);
+        let feeds = [tools(&calls), done("stop", 1)];
+        let feeds: Vec<&str> = feeds.iter().map(String::as_str).collect();
+        let (translator, frames) = run(opts(), &feeds);
+        let message = message_of(&translator);
+        let blocks = message["content"].as_array().unwrap();
+        assert_eq!(blocks.len(), 6);
+        let ids: Vec<&str> = blocks.iter().map(|b| b["id"].as_str().unwrap()).collect();
+        let unique: std::collections::HashSet<&&str> = ids.iter().collect();
+        assert_eq!(unique.len(), 6, "{ids:?}");
+        assert_eq!(ids[2], "call_x");
+        assert_eq!(ids[4], "call_y");
+        assert_eq!(ids[5], "call_z");
+        for generated in [ids[0], ids[1], ids[3]] {
+            assert_eq!(generated.len(), 30);
+            let suffix = generated.strip_prefix("toolu_").unwrap();
+            assert!(suffix.chars().all(|c| c.is_ascii_alphanumeric()), "{generated}");
+        }
+        assert_eq!(
+            blocks[5],
+            json!({"type": "tool_use", "id": "call_z", "name": "", "input": {}})
+        );
+        assert_eq!(rebuild(&frames).0, message);
+        let counts = translator.heal_counts();
+        assert_eq!(counts[HealKind::Unchanged.index()], (HealKind::Unchanged, 6));
+    }
+
+    #[test]
+    fn string_arguments_are_healed() {
+        let calls = json!([
+            {"id": "a", "function": {"name": "Bash", "arguments": "{\"command\":\"ls\"}"}},
+            {"id": "b", "function": {"name": "Bash", "arguments": "\"{\\\"command\\\":\\\"pwd\\\"}\""}},
+            {"id": "c", "function": {"name": "Bash", "arguments": "not json"}},
+            {"id": "d", "function": {"name": "Bash", "arguments": {"z": 1, "a": 2}}}
+        ]);
+        let feeds = [tools(&calls), done("stop", 1)];
+        let feeds: Vec<&str> = feeds.iter().map(String::as_str).collect();
+        let (translator, frames) = run(opts(), &feeds);
+        let message = message_of(&translator);
+        assert_eq!(message["content"][0]["input"], json!({"command": "ls"}));
+        assert_eq!(message["content"][1]["input"], json!({"command": "pwd"}));
+        assert_eq!(message["content"][2]["input"], json!({"raw": "not json"}));
+        let partial: Vec<&str> = frames
+            .iter()
+            .filter_map(|(_, d)| d["delta"]["partial_json"].as_str())
+            .collect();
+        assert_eq!(partial[3], r#"{"z":1,"a":2}"#, "key order kept");
+        let counts: Vec<(&str, u64)> = translator.heal_counts().iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        assert_eq!(
+            counts,
+            [("unchanged", 1), ("parsed_string", 1), ("unescaped", 1), ("raw", 1)]
+        );
+    }
+
+    #[test]
+    fn error_line_mid_stream() {
+        let feeds = [
+            content("Partial"),
+            "{\"error\":\"an error was encountered while running the model: oops\"}\n".to_owned(),
+            content("ignored"),
+            done("stop", 1),
+        ];
+        let (translator, frames) = run(opts(), &feeds);
+        assert_eq!(
+            events(&frames),
+            ["message_start", "content_block_start", "content_block_delta", "error"]
+        );
+        assert_eq!(
+            frames[3].1,
+            json!({"type": "error", "error": {"type": "api_error",
+                "message": "Ollama reported an error: an error was encountered while running the model: oops"}})
+        );
+        assert_eq!(
+            translator.error(),
+            Some((
+                "api_error",
+                "Ollama reported an error: an error was encountered while running the model: oops"
+            ))
+        );
+        assert!(!translator.is_done());
+        let (rebuilt, errored) = rebuild(&frames);
+        assert!(errored);
+        assert_eq!(rebuilt["content"], json!([{"type": "text", "text": "Partial"}]));
+        assert_eq!(message_of(&translator)["stop_reason"], Value::Null);
+    }
+
+    #[test]
+    fn error_in_same_feed_keeps_earlier_text() {
+        let feed = format!(
+            "{}{}",
+            content("abc"),
+            "{\"error\":\"server busy, please try again.  maximum pending requests exceeded\"}\n"
+        );
+        let (translator, frames) = run(opts(), &[&feed]);
+        assert_eq!(
+            events(&frames),
+            ["message_start", "content_block_start", "content_block_delta", "error"]
+        );
+        assert_eq!(translator.error().unwrap().0, "overloaded_error");
+    }
+
+    #[test]
+    fn error_classification() {
+        assert_eq!(
+            classify_error("server busy, please try again.  maximum pending requests exceeded"),
+            "overloaded_error"
+        );
+        assert_eq!(classify_error("Model is Overloaded"), "overloaded_error");
+        assert_eq!(
+            classify_error("request (9000 tokens) exceeds the available context size (4096 tokens), try increasing it"),
+            "invalid_request_error"
+        );
+        assert_eq!(classify_error("prompt is too long"), "invalid_request_error");
+        assert_eq!(classify_error("context deadline exceeded"), "api_error");
+        assert_eq!(classify_error("context canceled"), "api_error");
+        assert_eq!(classify_error("model runner has unexpectedly stopped"), "api_error");
+    }
+
+    #[test]
+    fn non_string_error_values() {
+        let (translator, frames) = run(
+            opts(),
+            &["{\"error\":{\"message\":\"exceeds the available context size\"}}\n"],
+        );
+        assert_eq!(translator.error().unwrap().0, "invalid_request_error");
+        assert_eq!(events(&frames), ["message_start", "error"]);
+        let (translator, _) = run(opts(), &["{\"error\":500}"]);
+        assert_eq!(translator.error(), Some(("api_error", "Ollama reported an error: 500")));
+    }
+
+    #[test]
+    fn malformed_line() {
+        let (translator, frames) = run(
+            opts(),
+            &[content("ok"), "{\"message\": nope}\n".to_owned(), content("ignored")],
+        );
+        assert_eq!(events(&frames).last(), Some(&"error"));
+        let (kind, message) = translator.error().unwrap();
+        assert_eq!(kind, "api_error");
+        assert!(message.starts_with("Ollama sent a malformed line ("), "{message}");
+        assert!(message.ends_with(r#": "{\"message\": nope}""#), "{message}");
+        assert_eq!(frames.last().unwrap().1["error"]["message"], message);
+    }
+
+    #[test]
+    fn invalid_utf8_line_and_long_excerpt() {
+        let mut bad = b"{\"message\":{\"content\":\"\xff\xfe\"}}".to_vec();
+        bad.extend_from_slice(&[b'x'; 500]);
+        bad.push(b'\n');
+        let mut translator = Translator::new(opts());
+        let mut out = Vec::new();
+        translator.feed(&bad, &mut out);
+        let frames = parse_frames(&out);
+        assert_eq!(events(&frames), ["error"]);
+        let message = translator.error().unwrap().1;
+        assert!(message.contains('\u{FFFD}'), "{message}");
+        assert!(message.len() < 400, "excerpt is short: {}", message.len());
+        assert!(message.ends_with("…\""));
+    }
+
+    #[test]
+    fn line_too_long() {
+        let options = TranslatorOptions {
+            max_line_bytes: 128,
+            ..opts()
+        };
+        let long = content(&"x".repeat(200));
+        let (translator, frames) = run(options, &[content("a"), long[..50].to_owned(), long[50..].to_owned()]);
+        assert_eq!(
+            events(&frames),
+            ["message_start", "content_block_start", "content_block_delta", "error"]
+        );
+        assert_eq!(
+            translator.error(),
+            Some(("api_error", "Ollama sent a line longer than 128 bytes"))
+        );
+    }
+
+    #[test]
+    fn eof_without_done() {
+        let (translator, frames) = run(opts(), &[content("Hello")]);
+        assert_eq!(
+            events(&frames),
+            ["message_start", "content_block_start", "content_block_delta", "error"]
+        );
+        assert_eq!(translator.error(), Some(("api_error", EARLY_EOF_MESSAGE)));
+        let (translator, frames) = run::<&str>(opts(), &[]);
+        assert_eq!(events(&frames), ["message_start", "error"]);
+        assert!(translator.error().is_some());
+    }
+
+    #[test]
+    fn done_line_without_trailing_newline_is_processed_at_eof() {
+        let last = done("stop", 1);
+        let (translator, frames) = run(opts(), &[content("x"), last.trim_end().to_owned()]);
+        assert!(translator.is_done());
+        assert!(translator.error().is_none());
+        assert_eq!(events(&frames).last(), Some(&"message_stop"));
+    }
+
+    #[test]
+    fn finish_twice_and_feed_after_finish_do_nothing() {
+        let mut translator = Translator::new(opts());
+        let mut out = Vec::new();
+        translator.feed(done("stop", 1).as_bytes(), &mut out);
+        let len = out.len();
+        translator.finish(&mut out);
+        translator.finish(&mut out);
+        translator.feed(content("late").as_bytes(), &mut out);
+        assert_eq!(out.len(), len);
+    }
+
+    #[test]
+    fn start_is_idempotent_and_implied() {
+        let mut translator = Translator::new(opts());
+        let mut out = Vec::new();
+        translator.feed(content("x").as_bytes(), &mut out);
+        translator.start(&mut out);
+        translator.feed(done("stop", 1).as_bytes(), &mut out);
+        let frames = parse_frames(&out);
+        assert_eq!(events(&frames).iter().filter(|e| **e == "message_start").count(), 1);
+        assert_eq!(rebuild(&frames).0, message_of(&translator));
+    }
+
+    fn stop_opts(stops: &[&str]) -> TranslatorOptions {
+        TranslatorOptions {
+            stop_sequences: stops.iter().map(|s| (*s).to_owned()).collect(),
+            ..opts()
+        }
+    }
+
+    #[test]
+    fn stop_sequence_spanning_chunks() {
+        let feeds = [
+            content("Hello wor"),
+            content("ld\n\nHu"),
+            content("man: more"),
+            content("ignored"),
+        ];
+        let (translator, frames) = run(stop_opts(&["\n\nHuman:"]), &feeds);
+        let message = message_of(&translator);
+        assert_eq!(message["content"], json!([{"type": "text", "text": "Hello world"}]));
+        assert_eq!(message["stop_reason"], "stop_sequence");
+        assert_eq!(message["stop_sequence"], "\n\nHuman:");
+        assert!(translator.stopped());
+        assert!(translator.is_done());
+        assert!(translator.error().is_none(), "no early-EOF error after a stop sequence");
+        // Held-back text was never sent and retracted: the deltas are exactly the kept text.
+        let deltas: Vec<&str> = frames.iter().filter_map(|(_, d)| d["delta"]["text"].as_str()).collect();
+        assert_eq!(deltas, ["Hello wor", "ld"]);
+        let last_delta = &frames.iter().find(|(e, _)| e == "message_delta").unwrap().1;
+        assert_eq!(
+            last_delta["delta"],
+            json!({"stop_reason": "stop_sequence", "stop_sequence": "\n\nHuman:"})
+        );
+        assert_eq!(rebuild(&frames).0, message);
+        assert_non_sse_matches(stop_opts(&["\n\nHuman:"]), &feeds, &message);
+    }
+
+    #[test]
+    fn stop_sequence_at_the_very_start_gives_no_text_block() {
+        let (translator, frames) = run(stop_opts(&["STOP"]), &[content("ST"), content("OP and more")]);
+        assert_eq!(events(&frames), ["message_start", "message_delta", "message_stop"]);
+        assert_eq!(message_of(&translator)["content"], json!([]));
+        assert_eq!(translator.stop_reason(), Some("stop_sequence"));
+    }
+
+    #[test]
+    fn earliest_ending_stop_sequence_wins() {
+        let (translator, _) = run(stop_opts(&["abcd", "bc"]), &[content("xxabcd")]);
+        assert_eq!(message_of(&translator)["stop_sequence"], "bc");
+        assert_eq!(message_of(&translator)["content"][0]["text"], "xxa");
+        let (translator, _) = run(stop_opts(&["c", "abc"]), &[content("xxabc")]);
+        assert_eq!(message_of(&translator)["stop_sequence"], "abc");
+    }
+
+    #[test]
+    fn stop_sequence_never_matched_flushes_held_text() {
+        let feeds = [content("Hello \n\nHu"), done("stop", 4)];
+        let (translator, frames) = run(stop_opts(&["\n\nHuman:", ""]), &feeds);
+        let message = message_of(&translator);
+        assert_eq!(message["content"], json!([{"type": "text", "text": "Hello \n\nHu"}]));
+        assert_eq!(message["stop_reason"], "end_turn");
+        assert_eq!(message["stop_sequence"], Value::Null);
+        assert!(!translator.stopped());
+        let deltas: Vec<&str> = frames.iter().filter_map(|(_, d)| d["delta"]["text"].as_str()).collect();
+        assert_eq!(deltas, ["Hello ", "\n\nHu"]);
+        assert_eq!(rebuild(&frames).0, message);
+    }
+
+    #[test]
+    fn held_text_is_released_before_a_tool_call() {
+        let feeds = [
+            content("run: ST"),
+            tools(&json!([{"id": "t", "function": {"name": "Bash", "arguments": {}}}])),
+            done("stop", 4),
+        ];
+        let (translator, frames) = run(stop_opts(&["STOP"]), &feeds);
+        let message = message_of(&translator);
+        assert_eq!(message["content"][0], json!({"type": "text", "text": "run: ST"}));
+        assert_eq!(message["content"][1]["type"], "tool_use");
+        assert_eq!(rebuild(&frames).0, message);
+    }
+
+    #[test]
+    fn stop_sequence_with_multibyte_characters() {
+        let (translator, _) = run(stop_opts(&["é€"]), &[content("aé"), content("€b")]);
+        assert_eq!(message_of(&translator)["content"][0]["text"], "a");
+        assert!(translator.stopped());
+        assert_eq!(partial_stop_len("xé", &["é€".to_owned()]), 2);
+        assert_eq!(partial_stop_len("x\u{e9}", &["\u{e9}".to_owned()]), 0);
+    }
+
+    #[test]
+    fn length_as_max_tokens_or_context_window() {
+        let options = TranslatorOptions {
+            max_tokens: 50,
+            ..opts()
+        };
+        let (translator, frames) = run(options.clone(), &[content("x"), done("length", 50)]);
+        assert_eq!(translator.stop_reason(), Some("max_tokens"));
+        assert_eq!(
+            frames.iter().find(|(e, _)| e == "message_delta").unwrap().1["delta"]["stop_reason"],
+            "max_tokens"
+        );
+        let (translator, _) = run(options, &[content("x"), done("length", 7)]);
+        assert_eq!(translator.stop_reason(), Some("model_context_window_exceeded"));
+        // Other or missing done reasons end the turn.
+        for reason in ["load", "", "weird"] {
+            let (translator, _) = run(opts(), &[done(reason, 1)]);
+            assert_eq!(translator.stop_reason(), Some("end_turn"));
+        }
+        let (translator, _) = run(opts(), &["{\"message\":{\"content\":\"\"},\"done\":true}\n"]);
+        assert_eq!(translator.stop_reason(), Some("end_turn"));
+    }
+
+    #[test]
+    fn cached_prompt_tokens() {
+        let last = line(&json!({"message": {"content": ""}, "done": true, "done_reason": "stop",
+            "prompt_eval_count": 1000, "prompt_eval_cached_count": 900, "eval_count": 5}));
+        let (translator, frames) = run(opts(), &[content("x"), last]);
+        let usage = json!({"input_tokens": 100, "cache_read_input_tokens": 900, "output_tokens": 5});
+        assert_eq!(
+            frames.iter().find(|(e, _)| e == "message_delta").unwrap().1["usage"],
+            usage
+        );
+        assert_eq!(message_of(&translator)["usage"], usage);
+        assert_eq!(translator.prompt_eval_count(), Some(1000));
+        assert_eq!(translator.prompt_eval_cached_count(), Some(900));
+    }
+
+    #[test]
+    fn output_estimate_without_eval_count() {
+        let (translator, _) = run(stop_opts(&["END"]), &[content("one two three END")]);
+        // "one two three " → 1 + 1 + 2 tokens.
+        assert_eq!(
+            message_of(&translator)["usage"],
+            json!({"input_tokens": 100, "output_tokens": 4})
+        );
+    }
+
+    #[test]
+    fn coalescing_within_one_feed() {
+        let one_feed = format!(
+            "{}{}{}{}{}",
+            thinking("a"),
+            thinking("b"),
+            content("c"),
+            content("d"),
+            content("e")
+        );
+        let (translator, frames) = run(opts(), &[one_feed, done("stop", 5)]);
+        let deltas: Vec<&Value> = frames
+            .iter()
+            .filter(|(e, _)| e == "content_block_delta")
+            .map(|(_, d)| &d["delta"])
+            .collect();
+        assert_eq!(
+            deltas,
+            [
+                &json!({"type": "thinking_delta", "thinking": "ab"}),
+                &json!({"type": "signature_delta", "signature": signature("ab")}),
+                &json!({"type": "text_delta", "text": "cde"})
+            ]
+        );
+        assert_eq!(rebuild(&frames).0, message_of(&translator));
+    }
+
+    #[test]
+    fn empty_strings_emit_nothing() {
+        let feeds = [content(""), thinking(""), done("stop", 0)];
+        let (translator, frames) = run(opts(), &feeds);
+        assert_eq!(events(&frames), ["message_start", "message_delta", "message_stop"]);
+        assert_eq!(message_of(&translator)["content"], json!([]));
+    }
+
+    #[test]
+    fn utf8_split_across_feeds() {
+        let text = "héllo wörld 😀 日本";
+        let stream = format!("{}{}", content(text), done("stop", 3));
+        let bytes = stream.as_bytes();
+        for cut in 1..bytes.len() {
+            let mut translator = Translator::new(opts());
+            let mut out = Vec::new();
+            translator.start(&mut out);
+            translator.feed(&bytes[..cut], &mut out);
+            translator.feed(&bytes[cut..], &mut out);
+            translator.finish(&mut out);
+            let frames = parse_frames(&out);
+            assert_eq!(rebuild(&frames).0["content"][0]["text"], text);
+            assert!(translator.is_done());
+        }
+    }
+
+    #[test]
+    fn crlf_and_blank_lines_upstream() {
+        let stream = format!(
+            "\r\n{}\r\n\n{}",
+            content("a").trim_end(),
+            done("stop", 1).replace('\n', "\r\n")
+        );
+        let (translator, _) = run(opts(), &[&stream]);
+        assert!(translator.is_done());
+        assert_eq!(message_of(&translator)["content"][0]["text"], "a");
+    }
+
+    #[test]
+    fn escaping_in_ids_models_and_text() {
+        let options = TranslatorOptions {
+            message_id: "msg_\"x\"".into(),
+            model: "we\\ird\nmodel".into(),
+            ..opts()
+        };
+        let feeds = [
+            content("quote \" backslash \\ newline \n tab \t ctl \u{1}"),
+            done("stop", 1),
+        ];
+        let (translator, frames) = run(options, &feeds);
+        let message = message_of(&translator);
+        assert_eq!(message["id"], "msg_\"x\"");
+        assert_eq!(message["model"], "we\\ird\nmodel");
+        assert_eq!(
+            message["content"][0]["text"],
+            "quote \" backslash \\ newline \n tab \t ctl \u{1}"
+        );
+        assert_eq!(rebuild(&frames).0, message);
+    }
+
+    #[test]
+    fn truncate_and_excerpt_helpers() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("héllo", 3), "hé");
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(excerpt(b"short"), "short");
+        assert_eq!(excerpt(&[b'a'; 100]).chars().count(), EXCERPT_CHARS + 1);
+    }
+
+    #[test]
+    fn huge_error_text_is_bounded() {
+        let error = line(&json!({"error": "é".repeat(5000)}));
+        let (translator, _) = run(opts(), &[&error]);
+        assert!(translator.error().unwrap().1.len() <= MAX_ERROR_TEXT + 64);
+    }
+
+    /// A representative stream exercising every kind of chunk.
+    fn full_stream() -> String {
+        [
+            thinking("Plan: read the file, then answer."),
+            thinking(" Ünïcödé 😀"),
+            content("I'll read "),
+            content("it now.\n"),
+            tools(&json!([{"id": "call_1", "function": {"index": 0, "name": "Read", "arguments": {"file_path": "/a b/c.ts", "n": [1, 2]}}}])),
+            content("Done: \"quoted\"\t"),
+            line(&json!({"message": {"content": " end", "tool_calls": [{"id": "", "function": {"index": 1, "name": "Bash", "arguments": "{\"command\":\"ls\"}"}}]},
+                "done": true, "done_reason": "stop", "prompt_eval_count": 321, "eval_count": 45})),
+        ]
+        .concat()
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_gives_a_valid_stream_and_the_same_message(
+            cuts in proptest::collection::vec(any::<usize>(), 0..40),
+            stop in prop_oneof![Just(None), Just(Some("\"\t end")), Just(Some("now.")), Just(Some("never"))],
+        ) {
+            let stream = full_stream();
+            let bytes = stream.as_bytes();
+            let mut positions: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            positions.sort_unstable();
+            positions.dedup();
+            let stops: Vec<&str> = stop.into_iter().collect();
+            let mut reference = Translator::new(stop_opts(&stops));
+            let mut out = Vec::new();
+            reference.feed(bytes, &mut out);
+            reference.finish(&mut out);
+            let expected = message_of(&reference);
+
+            let mut translator = Translator::new(stop_opts(&stops));
+            let mut out = Vec::new();
+            translator.start(&mut out);
+            let mut prev = 0;
+            for pos in positions.into_iter().chain([bytes.len()]) {
+                translator.feed(&bytes[prev..pos], &mut out);
+                prev = pos;
+            }
+            translator.finish(&mut out);
+            let frames = parse_frames(&out);
+            let (rebuilt, errored) = rebuild(&frames);
+            prop_assert!(!errored);
+            prop_assert!(translator.is_done());
+            let message = message_of(&translator);
+            prop_assert_eq!(&rebuilt, &message);
+            // Generated tool ids differ between runs; everything else must not depend on the chunking.
+            let strip_ids = |mut v: Value| {
+                for block in v["content"].as_array_mut().unwrap() {
+                    if block["type"] == "tool_use" { block["id"] = Value::Null; }
+                }
+                v
+            };
+            prop_assert_eq!(strip_ids(message), strip_ids(expected));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_end_cleanly(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8),
+            emit_sse in any::<bool>(),
+        ) {
+            let mut translator = Translator::new(TranslatorOptions { emit_sse, max_line_bytes: 100, ..stop_opts(&["x"]) });
+            let mut out = Vec::new();
+            translator.start(&mut out);
+            for chunk in &chunks {
+                translator.feed(chunk, &mut out);
+            }
+            translator.finish(&mut out);
+            prop_assert!(translator.is_done() || translator.error().is_some());
+            if emit_sse {
+                let frames = parse_frames(&out);
+                let (_, errored) = rebuild(&frames);
+                prop_assert_eq!(errored, translator.error().is_some());
+            } else {
+                prop_assert!(out.is_empty());
+            }
+            let _: Value = serde_json::from_slice(&translator.message_json()).unwrap();
+        }
+
+        #[test]
+        fn arbitrary_ndjson_chunks_never_panic(
+            lines in proptest::collection::vec(prop_oneof![
+                "[ -~]{0,30}".prop_map(|s| content(&s)),
+                "[ -~]{0,30}".prop_map(|s| thinking(&s)),
+                Just(tools(&json!([{"id": "", "function": {"name": "X", "arguments": "{\\\"a\\\":1}"}}]))),
+                Just(done("length", 3)),
+                Just("{\"error\": \"boom\"}\n".to_owned()),
+                Just("garbage\n".to_owned()),
+            ], 0..10),
+        ) {
+            let (translator, frames) = run(stop_opts(&["ab", "zz"]), &lines.iter().map(String::as_str).collect::<Vec<_>>());
+            let (rebuilt, errored) = rebuild(&frames);
+            prop_assert_eq!(errored, translator.error().is_some());
+            if !errored {
+                prop_assert_eq!(rebuilt, message_of(&translator));
+            }
+        }
+    }
+}

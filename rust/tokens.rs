@@ -1,0 +1,981 @@
+//! The token estimator behind `/v1/messages/count_tokens` and the `message_start` input estimate.
+//!
+//! Ollama has no tokenize endpoint (ollama-api.md §7), so the proxy estimates. The rule is deliberately simple
+//! and fast: split text on Unicode whitespace; a word of up to 4 characters is 1 token, a longer word is
+//! `ceil(chars / 4)`. Prose lands near real BPE counts; code and JSON (long runs without spaces) count about
+//! chars/4, which is what tokenizers do with them too.
+//!
+//! [`count_request`] walks a whole Messages request body with borrowed serde structs (no copies of the strings
+//! unless they contain escapes) and adds up every part the model reads:
+//!
+//! | part | counted as |
+//! |---|---|
+//! | `system` (string or text blocks) | its text |
+//! | message content (string or blocks, any role, including `role:"system"` entries) | per block, below |
+//! | `text` / `thinking` | `text` / `thinking` |
+//! | `redacted_thinking` | its opaque `data` as one word: `ceil(len / 4)`, i.e. bytes ÷ 4 |
+//! | `tool_use` | `name` + `input` as compact JSON |
+//! | `tool_result` | its `content` (string or nested blocks, images included) |
+//! | `image` | [`IMAGE_TOKENS`] |
+//! | `document` | `title` + `context` + the source: text source → its text, `content` source → its blocks, any other source (PDF, URL, file) → [`DOCUMENT_TOKENS`] |
+//! | any other block type, or a block whose known fields have unexpected types | the block as compact JSON |
+//! | each tool definition | `name` + `description` + `input_schema` as compact JSON |
+//!
+//! "As compact JSON" means counting the JSON text as if re-serialised without insignificant whitespace; it is
+//! done by scanning the raw input text ([`count_json`]), never by building a copy.
+//!
+//! Unknown fields are ignored and unknown block types are never an error. What is an error
+//! ([`CoreError::InvalidJson`]): invalid JSON, a body that is not an object, and containers of the wrong kind at
+//! the request level (`messages`/`tools` not arrays, a message or tool that is not an object, a tool `name` or
+//! `description` that is not a string).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::errors::CoreError;
+use crate::json::CowStr;
+
+/// Tokens charged for one image, whatever its size.
+///
+/// Anthropic resizes images so the long edge is at most 1568 px, about 1.15 megapixels, and bills
+/// `width × height / 750` tokens: roughly 1600 tokens for an image at that cap. Decoding the image to get its real
+/// size would cost far more than the estimate is worth, so every image is charged the maximum.
+pub const IMAGE_TOKENS: usize = 1600;
+
+/// Tokens charged for a `document` block whose text is not in the request (base64 PDF, URL or file source).
+///
+/// Anthropic counts each PDF page as its text (roughly 1500–3000 tokens) plus a page image; the page count is
+/// unknown without parsing the PDF, so a flat 3000 tokens (about one dense page) is used.
+pub const DOCUMENT_TOKENS: usize = 3000;
+
+/// Nesting depth (`tool_result` inside `tool_result`, …) after which blocks are counted as plain JSON instead of
+/// being walked, so hostile input cannot exhaust the stack.
+const MAX_BLOCK_DEPTH: usize = 32;
+
+/// Byte classes for the counting loops.
+const WORD: u8 = 0;
+const SPACE: u8 = 1;
+const CONTINUATION: u8 = 2;
+/// First byte of a multi-byte character that may be whitespace (U+0085, U+00A0, U+1680, U+2000–U+3000).
+const MAYBE_SPACE: u8 = 3;
+
+const CLASS: [u8; 256] = {
+    let mut table = [WORD; 256];
+    // ASCII whitespace per `char::is_whitespace`: U+0009–U+000D and U+0020.
+    table[0x09] = SPACE;
+    table[0x0A] = SPACE;
+    table[0x0B] = SPACE;
+    table[0x0C] = SPACE;
+    table[0x0D] = SPACE;
+    table[0x20] = SPACE;
+    let mut i = 0x80;
+    while i < 0xC0 {
+        table[i] = CONTINUATION;
+        i += 1;
+    }
+    table[0xC2] = MAYBE_SPACE;
+    table[0xE1] = MAYBE_SPACE;
+    table[0xE2] = MAYBE_SPACE;
+    table[0xE3] = MAYBE_SPACE;
+    table
+};
+
+/// Whether the (valid UTF-8) character starting at `bytes[i]`, whose first byte is classed [`MAYBE_SPACE`], is
+/// whitespace. Byte patterns of every non-ASCII `White_Space` character.
+#[inline]
+fn unicode_space_at(bytes: &[u8], i: usize) -> bool {
+    let b1 = bytes.get(i + 1).copied().unwrap_or(0);
+    match bytes[i] {
+        0xC2 => b1 == 0x85 || b1 == 0xA0,
+        0xE1 => b1 == 0x9A && bytes.get(i + 2) == Some(&0x80),
+        0xE2 => {
+            let b2 = bytes.get(i + 2).copied().unwrap_or(0);
+            (b1 == 0x80 && (b2 <= 0x8A || b2 == 0xA8 || b2 == 0xA9 || b2 == 0xAF)) || (b1 == 0x81 && b2 == 0x9F)
+        }
+        0xE3 => b1 == 0x80 && bytes.get(i + 2) == Some(&0x80),
+        _ => false,
+    }
+}
+
+/// Running state of the word counter.
+#[derive(Default)]
+struct Counter {
+    tokens: usize,
+    /// Characters in the current word so far.
+    word: usize,
+}
+
+impl Counter {
+    #[inline]
+    fn end_word(&mut self) {
+        self.tokens += self.word.div_ceil(4);
+        self.word = 0;
+    }
+
+    /// Account for text byte `bytes[i]`.
+    #[inline]
+    fn text_byte(&mut self, bytes: &[u8], i: usize) {
+        match CLASS[bytes[i] as usize] {
+            WORD => self.word += 1,
+            SPACE => self.end_word(),
+            CONTINUATION => {}
+            _ => {
+                if unicode_space_at(bytes, i) {
+                    self.end_word();
+                } else {
+                    self.word += 1;
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> usize {
+        self.end_word();
+        self.tokens
+    }
+}
+
+/// Estimate the tokens in `text`: per whitespace-separated word, `ceil(chars / 4)` (so 1 for up to 4 chars).
+///
+/// `"hello world"` → 4, `"abcdefghij"` → 3, `""` → 0. Characters are Unicode scalar values and whitespace is
+/// `char::is_whitespace`, decided from the UTF-8 bytes without decoding. All-ASCII runs are processed eight
+/// bytes at a time; only 8-byte blocks holding non-ASCII bytes go byte by byte.
+pub fn count_text(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let mut counter = Counter::default();
+    let (blocks, _) = bytes.as_chunks::<8>();
+    for (n, block) in blocks.iter().enumerate() {
+        let word = u64::from_le_bytes(*block);
+        if word & HIGH_BITS != 0 {
+            for i in n * 8..n * 8 + 8 {
+                counter.text_byte(bytes, i);
+            }
+            continue;
+        }
+        // Whitespace bytes of the block, one flag bit (bit 7) per byte, lowest byte first.
+        let mut spaces = ascii_space_flags(word);
+        let mut start = 0;
+        while spaces != 0 {
+            let at = (spaces.trailing_zeros() / 8) as usize;
+            counter.word += at - start;
+            counter.end_word();
+            start = at + 1;
+            spaces &= spaces - 1;
+        }
+        counter.word += 8 - start;
+    }
+    for i in blocks.len() * 8..bytes.len() {
+        counter.text_byte(bytes, i);
+    }
+    counter.finish()
+}
+
+/// Bit 7 of every byte.
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+/// 1 in every byte.
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// For eight ASCII bytes (all below 0x80), bit 7 of each byte set iff that byte is ASCII whitespace
+/// (0x09–0x0D or 0x20). Adding `0x80 - k` to a byte below 0x80 cannot carry into the next byte and sets bit 7
+/// exactly when the byte is at least `k`, which gives both range tests; `+ 0x7F` after xor-ing with 0x20 sets
+/// bit 7 exactly for the bytes that are not 0x20.
+#[inline]
+fn ascii_space_flags(word: u64) -> u64 {
+    let at_least_tab = word + ONES * (0x80 - 0x09);
+    let above_cr = word + ONES * (0x80 - 0x0E);
+    let not_space = (word ^ (ONES * 0x20)) + ONES * 0x7F;
+    ((at_least_tab & !above_cr) | !not_space) & HIGH_BITS
+}
+
+/// Estimate the tokens of a JSON document as if it were serialised compactly.
+///
+/// The result equals `count_text` of the document re-serialised by `serde_json` (no insignificant whitespace,
+/// non-ASCII characters raw), computed by scanning the text as it is, without building that copy:
+/// - whitespace outside strings is skipped without ending a word (compact JSON has none);
+/// - whitespace inside strings separates words;
+/// - escapes count as the serialiser would write them: `\n`, `\"` etc. stay two characters, `\/` becomes `/`,
+///   and `\uXXXX` becomes the character itself (so `\u00e9` is one character and `\u0020` a separator), except
+///   for control characters and `"`/`\`, which stay escaped.
+///
+/// The input should be valid JSON text (e.g. a [`RawValue`]); anything else still gives a number, never a panic.
+pub fn count_json(json: &str) -> usize {
+    let bytes = json.as_bytes();
+    let mut counter = Counter::default();
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if !in_string {
+            match byte {
+                b' ' | b'\t' | b'\n' | b'\r' => {}
+                b'"' => {
+                    in_string = true;
+                    counter.word += 1;
+                }
+                _ => counter.word += 1,
+            }
+            i += 1;
+            continue;
+        }
+        match byte {
+            b'"' => {
+                in_string = false;
+                counter.word += 1;
+                i += 1;
+            }
+            b'\\' => i += count_escape(bytes, i, &mut counter),
+            _ => {
+                counter.text_byte(bytes, i);
+                i += 1;
+            }
+        }
+    }
+    counter.finish()
+}
+
+/// Account for the escape starting at `bytes[i]` (a backslash) as serialised by `serde_json`; returns its length.
+fn count_escape(bytes: &[u8], i: usize, counter: &mut Counter) -> usize {
+    match bytes.get(i + 1) {
+        None => {
+            counter.word += 1;
+            1
+        }
+        Some(b'/') => {
+            counter.word += 1;
+            2
+        }
+        Some(b'u') => {
+            let Some(unit) = hex4(bytes, i + 2) else {
+                counter.word += 2;
+                return 2;
+            };
+            let (code, len) = if (0xD800..0xDC00).contains(&unit)
+                && bytes.get(i + 6) == Some(&b'\\')
+                && bytes.get(i + 7) == Some(&b'u')
+                && let Some(low) = hex4(bytes, i + 8)
+                && (0xDC00..0xE000).contains(&low)
+            {
+                (0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00), 12)
+            } else {
+                (unit, 6)
+            };
+            match char::from_u32(code).unwrap_or('\u{FFFD}') {
+                '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => counter.word += 2,
+                c if u32::from(c) < 0x20 => counter.word += 6,
+                c if c.is_whitespace() => counter.end_word(),
+                _ => counter.word += 1,
+            }
+            len
+        }
+        Some(_) => {
+            counter.word += 2;
+            2
+        }
+    }
+}
+
+/// The value of the four hex digits at `bytes[at..at + 4]`.
+fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
+    let digits = bytes.get(at..at + 4)?;
+    digits
+        .iter()
+        .try_fold(0u32, |acc, &d| Some(acc * 16 + char::from(d).to_digit(16)?))
+}
+
+/// Estimate the prompt tokens of an Anthropic `/v1/messages` or `/v1/messages/count_tokens` request body.
+///
+/// See the module docs for what is counted.
+///
+/// # Errors
+///
+/// [`CoreError::InvalidJson`] for invalid JSON, a body that is not an object, or request-level containers of
+/// the wrong kind (see the module docs).
+pub fn count_request(body: &[u8]) -> Result<usize, CoreError> {
+    // serde would happily read a struct from a JSON array (positionally); a request must be an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body)?;
+        return Err(CoreError::InvalidJson(
+            "the request body must be a JSON object".to_owned(),
+        ));
+    }
+    let request: Request<'_> = serde_json::from_slice(body)?;
+    let mut total = request.system.as_ref().map_or(0, |content| content.count(0));
+    for message in request.messages.iter().flatten() {
+        total += message.content.as_ref().map_or(0, |content| content.count(0));
+    }
+    for tool in request.tools.iter().flatten() {
+        total += tool.name.as_ref().map_or(0, |s| count_text(s.as_str()));
+        total += tool.description.as_ref().map_or(0, |s| count_text(s.as_str()));
+        total += tool.input_schema.map_or(0, |schema| count_json(schema.get()));
+    }
+    Ok(total)
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow)]
+    system: Option<Content<'a>>,
+    #[serde(borrow)]
+    messages: Option<Vec<Message<'a>>>,
+    #[serde(borrow)]
+    tools: Option<Vec<Tool<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    content: Option<Content<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Tool<'a> {
+    #[serde(borrow)]
+    name: Option<CowStr<'a>>,
+    #[serde(borrow)]
+    description: Option<CowStr<'a>>,
+    #[serde(borrow)]
+    input_schema: Option<&'a RawValue>,
+}
+
+/// A `content` (or `system`) value: a string, or an array of blocks kept raw so that a block of an unknown type
+/// can be counted as the JSON it is.
+enum Content<'a> {
+    Text(Cow<'a, str>),
+    Blocks(Vec<&'a RawValue>),
+    /// A number, boolean, object or null: not valid content, counted as nothing.
+    Other,
+}
+
+impl Content<'_> {
+    fn count(&self, depth: usize) -> usize {
+        match self {
+            Content::Text(text) => count_text(text),
+            Content::Blocks(blocks) => blocks.iter().map(|raw| count_block(raw, depth)).sum(),
+            Content::Other => 0,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for ContentVisitor<'a> {
+            type Value = Content<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of content blocks")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Content::Text(Cow::Owned(v)))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut blocks = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+                while let Some(block) = seq.next_element::<&'de RawValue>()? {
+                    blocks.push(block);
+                }
+                Ok(Content::Blocks(blocks))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Content::Other)
+            }
+
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Content::Other)
+            }
+
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Content::Other)
+            }
+
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Content::Other)
+            }
+
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Content::Other)
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Content::Other)
+            }
+        }
+
+        deserializer.deserialize_any(ContentVisitor(std::marker::PhantomData))
+    }
+}
+
+/// The fields of any content block that the counter reads; everything else is ignored.
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<CowStr<'a>>,
+    #[serde(borrow)]
+    text: Option<CowStr<'a>>,
+    #[serde(borrow)]
+    thinking: Option<CowStr<'a>>,
+    #[serde(borrow)]
+    data: Option<CowStr<'a>>,
+    #[serde(borrow)]
+    name: Option<CowStr<'a>>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Option<Content<'a>>,
+    #[serde(borrow)]
+    source: Option<Source<'a>>,
+    #[serde(borrow)]
+    title: Option<CowStr<'a>>,
+    #[serde(borrow)]
+    context: Option<CowStr<'a>>,
+}
+
+/// A `document` (or `image`) source.
+#[derive(Deserialize)]
+struct Source<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<CowStr<'a>>,
+    #[serde(borrow)]
+    data: Option<CowStr<'a>>,
+    #[serde(borrow)]
+    content: Option<Content<'a>>,
+}
+
+fn text_of(field: Option<&CowStr<'_>>) -> usize {
+    field.map_or(0, |s| count_text(s.as_str()))
+}
+
+/// Count one content block given as raw JSON.
+fn count_block(raw: &RawValue, depth: usize) -> usize {
+    let json = raw.get();
+    // Only objects are blocks (serde would read a struct from an array positionally).
+    if depth >= MAX_BLOCK_DEPTH || !json.starts_with('{') {
+        return count_json(json);
+    }
+    let Ok(block) = serde_json::from_str::<Block<'_>>(json) else {
+        // Not an object, or a known field with an unexpected type: count what is there.
+        return count_json(json);
+    };
+    match block.kind.as_ref().map(CowStr::as_str) {
+        Some("text") => text_of(block.text.as_ref()),
+        Some("thinking") => text_of(block.thinking.as_ref()),
+        Some("redacted_thinking") => text_of(block.data.as_ref()),
+        Some("tool_use") => text_of(block.name.as_ref()) + block.input.map_or(0, |input| count_json(input.get())),
+        Some("tool_result") => block.content.as_ref().map_or(0, |content| content.count(depth + 1)),
+        Some("image") => IMAGE_TOKENS,
+        Some("document") => {
+            let source = match &block.source {
+                Some(source) => match source.kind.as_ref().map(CowStr::as_str) {
+                    Some("text") => text_of(source.data.as_ref()),
+                    Some("content") => source.content.as_ref().map_or(0, |content| content.count(depth + 1)),
+                    _ => DOCUMENT_TOKENS,
+                },
+                None => DOCUMENT_TOKENS,
+            };
+            text_of(block.title.as_ref()) + text_of(block.context.as_ref()) + source
+        }
+        _ => count_json(json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Straightforward reference implementation of the counting rule.
+    fn reference(text: &str) -> usize {
+        text.split(char::is_whitespace)
+            .map(|word| word.chars().count().div_ceil(4))
+            .sum()
+    }
+
+    #[test]
+    fn text_examples() {
+        assert_eq!(count_text("hello world"), 4);
+        assert_eq!(count_text("abcdefghij"), 3);
+        assert_eq!(count_text(""), 0);
+        assert_eq!(count_text("   \t\n "), 0);
+        assert_eq!(count_text("a"), 1);
+        assert_eq!(count_text("abcd"), 1);
+        assert_eq!(count_text("abcde"), 2);
+        assert_eq!(count_text("  a  b  "), 2);
+        assert_eq!(count_text("one\ntwo\r\nthree"), 1 + 1 + 2);
+    }
+
+    #[test]
+    fn characters_not_bytes() {
+        // 4 chars of 2-4 bytes each: still 1 token.
+        assert_eq!(count_text("éé€😀"), 1);
+        assert_eq!(count_text("日本語のテキスト"), 2);
+    }
+
+    #[test]
+    fn unicode_whitespace_separates_words() {
+        for space in [
+            '\u{85}', '\u{A0}', '\u{1680}', '\u{2000}', '\u{200A}', '\u{2028}', '\u{2029}', '\u{202F}', '\u{205F}',
+            '\u{3000}', '\u{B}', '\u{C}',
+        ] {
+            let text = format!("abc{space}def");
+            assert_eq!(count_text(&text), 2, "{space:?}");
+        }
+        // Characters sharing a first byte with whitespace, but not whitespace.
+        for c in ['\u{A9}', '\u{2010}', '\u{200B}', '\u{1681}', '\u{3001}', '\u{2060}'] {
+            let text = format!("abc{c}def");
+            assert_eq!(count_text(&text), 2, "{c:?}");
+            assert_eq!(count_text(&text), reference(&text));
+        }
+    }
+
+    #[test]
+    fn ascii_space_flags_are_exact() {
+        for byte in 0u8..0x80 {
+            let flags = ascii_space_flags(u64::from_le_bytes([b'a', byte, b'a', b'a', b'a', b'a', b'a', byte]));
+            let expected = if char::from(byte).is_whitespace() {
+                0x8000_0000_0000_8000
+            } else {
+                0
+            };
+            assert_eq!(flags, expected, "byte {byte:#04x}");
+        }
+    }
+
+    #[test]
+    fn long_ascii_words_across_blocks() {
+        let text = format!("{} {} {}", "a".repeat(17), "b".repeat(8), "c".repeat(3));
+        assert_eq!(count_text(&text), 5 + 2 + 1);
+        assert_eq!(count_text(&"x ".repeat(100)), 100);
+        assert_eq!(count_text(&format!("{}é{}", "a".repeat(7), "b".repeat(8))), 4);
+    }
+
+    #[test]
+    fn every_char_classified_like_std() {
+        for code in 0..=0x0010_FFFFu32 {
+            let Some(c) = char::from_u32(code) else { continue };
+            // Short (byte-by-byte tail) and long (8-byte blocks) surroundings.
+            for text in [format!("ab{c}cd"), format!("abcdefg{c}hijklmnopq")] {
+                assert_eq!(count_text(&text), reference(&text), "U+{code:04X}");
+            }
+        }
+    }
+
+    #[test]
+    fn json_counting() {
+        assert_eq!(count_json(""), 0);
+        assert_eq!(count_json("{}"), 1);
+        // Compact form `{"a":1}` is one 7-char word.
+        assert_eq!(count_json("{ \"a\" : 1 }"), 2);
+        assert_eq!(count_json("{\n  \"a\": 1\n}"), 2);
+        // Whitespace inside strings separates words: `{"a":"x` + `y"}`.
+        assert_eq!(count_json(r#"{"a":"x y"}"#), 2 + 1);
+        // Escapes count as written: `"a\"b\nc"` is 10 chars.
+        assert_eq!(count_json(r#""a\"b\nc""#), 3);
+        // An escaped quote does not end the string, so the space after it still separates.
+        assert_eq!(count_json(r#"["\" x"]"#), 1 + 1);
+        assert_eq!(count_json(r#"{"k":"é€"}"#), 3);
+    }
+
+    #[test]
+    fn json_matches_compact_serialisation() {
+        let raw = r#"{ "type" : "object",
+            "properties": { "file_path": {"type": "string", "description": "The absolute path to the file"},
+                            "limit": {"type": ["integer", "null"], "minimum": 1 } },
+            "required": ["file_path"], "additionalProperties": false }"#;
+        let value: serde_json::Value = serde_json::from_str(raw).unwrap();
+        let compact = serde_json::to_string(&value).unwrap();
+        assert_eq!(count_json(raw), count_text(&compact));
+        assert_eq!(count_json(&compact), count_text(&compact));
+    }
+
+    #[test]
+    fn json_escapes_count_like_their_serialisation() {
+        // `\u00e9` is one character once re-serialised, `\u0020` a space, `\/` a slash.
+        assert_eq!(count_json(r#""\u00e9\u00e9\u00e9\u00e9""#), count_text("\"éééé\""));
+        assert_eq!(count_json(r#""abc\u0020def""#), 2);
+        assert_eq!(count_json(r#""a\/b""#), count_text("\"a/b\""));
+        // Surrogate pairs are one character; a lone surrogate counts as one (U+FFFD).
+        assert_eq!(count_json(r#""\ud83d\ude00""#), 1);
+        assert_eq!(count_json(r#""\ud83dxy""#), count_text("\"\u{FFFD}xy\""));
+        // Control characters stay escaped: `\u0001` is six characters, `\u000a` is `\n` (two).
+        assert_eq!(count_json(r#""\u0001""#), 2);
+        assert_eq!(count_json(r#""\u000a\u000a""#), count_text(r#""\n\n""#));
+        assert_eq!(count_json(r#""\u0022""#), count_text(r#""\"""#));
+        // Malformed escapes never panic.
+        for text in [r#""\u12""#, r#""\uzzzz""#, "\"\\", r#""\ud800\u""#] {
+            let _ = count_json(text);
+        }
+    }
+
+    #[test]
+    fn json_never_panics_on_garbage() {
+        for text in ["\"", "\\", "\"\\", "{\"a", "\u{A0}", "\"\u{3000}\""] {
+            let _ = count_json(text);
+        }
+        assert_eq!(count_json("\"a\u{3000}b\""), 2);
+    }
+
+    fn count(body: &str) -> usize {
+        count_request(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn system_string_and_blocks() {
+        assert_eq!(count(r#"{"system":"You are helpful."}"#), 1 + 1 + 2);
+        assert_eq!(
+            count(
+                r#"{"system":[{"type":"text","text":"You are"},{"type":"text","text":"helpful.","cache_control":{"type":"ephemeral"}}]}"#
+            ),
+            1 + 1 + 2
+        );
+        assert_eq!(count(r#"{"system":null,"messages":null,"tools":null}"#), 0);
+        assert_eq!(count("{}"), 0);
+    }
+
+    #[test]
+    fn message_content_forms() {
+        let body = r#"{"model":"m","max_tokens":5,"messages":[
+            {"role":"user","content":"hello world"},
+            {"role":"assistant","content":[{"type":"text","text":"hi there"}]},
+            {"role":"system","content":[]},
+            {"role":"system","content":"abcdefghij","output_config":{"effort":"medium"}},
+            {"role":"user"}
+        ]}"#;
+        // The empty system list and the message without content add nothing.
+        assert_eq!(count(body), 4 + 3 + 3);
+    }
+
+    #[test]
+    fn escaped_strings_are_counted_unescaped() {
+        // `a\nb` is two words once decoded.
+        assert_eq!(count(r#"{"messages":[{"role":"user","content":"abcde\nfghij"}]}"#), 4);
+        assert_eq!(
+            count(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"abcde\u0020fghij"}]}]}"#),
+            4
+        );
+    }
+
+    #[test]
+    fn thinking_and_redacted_thinking() {
+        let data = "A".repeat(41);
+        let body = format!(
+            r#"{{"messages":[{{"role":"assistant","content":[
+                {{"type":"thinking","thinking":"let me think","signature":"sig"}},
+                {{"type":"redacted_thinking","data":"{data}"}}]}}]}}"#
+        );
+        assert_eq!(count(&body), 1 + 1 + 2 + 11);
+    }
+
+    #[test]
+    fn tool_use_and_tool_result() {
+        let body = r#"{"messages":[
+            {"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"Read","input":{ "file_path" : "/a/b.ts" }}]},
+            {"role":"user","content":[
+                {"tool_use_id":"toolu_1","type":"tool_result","content":"line one","cache_control":{"type":"ephemeral"}},
+                {"type":"tool_result","tool_use_id":"toolu_2","is_error":true,"content":[
+                    {"type":"text","text":"screenshot:"},
+                    {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]},
+                {"type":"tool_result","tool_use_id":"toolu_3"}
+            ]}
+        ]}"#;
+        // `{"file_path":"/a/b.ts"}` is 23 chars → 6; "Read" → 1.
+        assert_eq!(count(body), 1 + 6 + 2 + 3 + IMAGE_TOKENS);
+    }
+
+    #[test]
+    fn images_and_documents() {
+        let body = r#"{"messages":[{"role":"user","content":[
+            {"type":"image","source":{"type":"url","url":"https://example.com/a.png"}},
+            {"type":"document","source":{"type":"text","media_type":"text/plain","data":"plain text doc"},"title":"Notes"},
+            {"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0xLjQK"}},
+            {"type":"document","source":{"type":"content","content":[{"type":"text","text":"inner"}]},"context":"ctx"},
+            {"type":"document"}
+        ]}]}"#;
+        assert_eq!(
+            count(body),
+            IMAGE_TOKENS + (2 + 1 + 1 + 2) + DOCUMENT_TOKENS + (2 + 1) + DOCUMENT_TOKENS
+        );
+    }
+
+    #[test]
+    fn unknown_blocks_count_as_compact_json() {
+        let block = r#"{ "type": "search_result", "title": "T", "source": "https://x", "content": [] }"#;
+        let body = format!(r#"{{"messages":[{{"role":"user","content":[{block}]}}]}}"#);
+        let compact = serde_json::to_string(&serde_json::from_str::<serde_json::Value>(block).unwrap()).unwrap();
+        assert_eq!(count(&body), count_text(&compact));
+        // No type at all, a bare string, a number, and a known type with a wrongly typed field.
+        let body = r#"{"messages":[{"role":"user","content":[{"text":"a b"}, "loose string", 12345, {"type":"text","text":5}]}]}"#;
+        assert_eq!(
+            count(body),
+            count_text(r#"{"text":"a b"}"#) + 4 + 2 + count_text(r#"{"type":"text","text":5}"#)
+        );
+    }
+
+    #[test]
+    fn odd_content_values_count_as_nothing() {
+        let body = r#"{"system":5,"messages":[{"role":"user","content":{"type":"text","text":"x"}},{"role":"user","content":true},{"role":"user","content":1.5}]}"#;
+        assert_eq!(count(body), 0);
+    }
+
+    #[test]
+    fn tools_are_counted() {
+        let body = r#"{"tools":[
+            {"name":"Read","description":"Reads a file from disk","input_schema":{"type":"object","properties":{"file_path":{"type":"string"}},"required":["file_path"]}},
+            {"name":"DeferredToolPlaceholder","defer_loading":true,"description":"x","input_schema":{ }},
+            {"type":"web_search_20250305","name":"web_search"}
+        ]}"#;
+        let schema = r#"{"type":"object","properties":{"file_path":{"type":"string"}},"required":["file_path"]}"#;
+        let expected = 1 + count_text("Reads a file from disk") + count_text(schema) + 6 + 1 + 1 + 3;
+        assert_eq!(count(body), expected);
+    }
+
+    #[test]
+    fn deep_tool_result_nesting_is_bounded() {
+        let depth = 5000;
+        let mut body = String::from(r#"{"messages":[{"role":"user","content":"#);
+        for _ in 0..depth {
+            body.push_str(r#"[{"type":"tool_result","content":"#);
+        }
+        body.push_str("\"x\"");
+        for _ in 0..depth {
+            body.push_str("}]");
+        }
+        body.push_str("}]}");
+        // serde_json's own recursion limit rejects this before our walk even starts, or our depth cap
+        // bounds the walk; either way no stack overflow.
+        let _ = count_request(body.as_bytes());
+        let mut body = String::from(r#"{"messages":[{"role":"user","content":"#);
+        for _ in 0..60 {
+            body.push_str(r#"[{"type":"tool_result","content":"#);
+        }
+        body.push_str("\"x\"");
+        for _ in 0..60 {
+            body.push_str("}]");
+        }
+        body.push_str("}]}");
+        assert!(count_request(body.as_bytes()).unwrap() >= 1);
+    }
+
+    #[test]
+    fn errors() {
+        for body in [
+            &b""[..],
+            b"nope",
+            b"[]",
+            b"[null,null,null]",
+            b" 5",
+            b"\"s\"",
+            b"{\"messages\":",
+            b"{\"messages\":{}}",
+            b"{\"messages\":[1]}",
+            b"{\"tools\":[{\"name\":1}]}",
+            b"\xff",
+        ] {
+            match count_request(body) {
+                Err(CoreError::InvalidJson(msg)) => assert!(!msg.is_empty()),
+                other => panic!("{:?} → {other:?}", String::from_utf8_lossy(body)),
+            }
+        }
+    }
+
+    /// Shapes from `shared/claude-code-samples` (Claude Code 2.1.330), trimmed: top-level system blocks with
+    /// `cache_control`, the mid-conversation `role:"system"` message with `output_config` (as a block list,
+    /// a replayed plain string, and `--bare`'s empty list), `<system-reminder>` text blocks, a tool round trip
+    /// with `tool_use_id` before `type`, and tools with `$schema`/`additionalProperties`/`defer_loading`.
+    const CLAUDE_CODE_FOLLOWUP: &str = r#"{"model":"claude-opus-5-5","messages":[
+        {"role":"user","content":[{"type":"text","text":"<system-reminder>As you answer the user's questions, you can use the following context</system-reminder>"},{"type":"text","text":"create the file"}]},
+        {"role":"system","content":"Here is useful information about the environment you are running in: cwd /home/user/project","output_config":{"effort":"medium"}},
+        {"role":"system","content":[{"type":"text","text":"Today's date is 2026-11-24.","cache_control":{"type":"ephemeral"}}],"output_config":{"effort":"medium"}},
+        {"role":"system","content":[],"output_config":{"effort":"medium"}},
+        {"role":"assistant","content":[{"type":"text","text":"I will use the Write tool."},{"type":"tool_use","id":"toolu_01AePXTQLpObZnsP4sFqz1o6","name":"Write","input":{"file_path":"/home/user/project/v.txt","content":"v2.1.330"}}]},
+        {"role":"user","content":[{"tool_use_id":"toolu_01AePXTQLpObZnsP4sFqz1o6","type":"tool_result","content":"File created successfully at: /home/user/project/v.txt","cache_control":{"type":"ephemeral"}}]}],
+      "system":[{"type":"text","text":"x-anthropic-billing-header: cc_version=2.1.330.413; cc_entrypoint=sdk-cli;"},{"type":"text","text":"You are a Claude agent, built on Anthropic's Claude Agent SDK.","cache_control":{"type":"ephemeral"}}],
+      "tools":[{"name":"Write","description":"Writes a file to the local filesystem.","input_schema":{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","properties":{"file_path":{"description":"The absolute path to the file to write","type":"string"},"content":{"description":"The content to write to the file","type":"string"}},"required":["file_path","content"],"additionalProperties":false}},
+               {"name":"DeferredToolPlaceholder","description":"placeholder","input_schema":{"type":"object","properties":{}},"defer_loading":true}],
+      "metadata":{"user_id":"{\"device_id\":\"abc\",\"account_uuid\":\"\",\"session_id\":\"u\"}"},
+      "max_tokens":32000,"thinking":{"type":"adaptive","display":"omitted"},"context_management":{"edits":[{"type":"clear_thinking_20251015","keep":"all"}]},"output_config":{"effort":"medium"},"stream":true}"#;
+
+    #[test]
+    fn claude_code_followup_sample() {
+        let messages = count_text(
+            "<system-reminder>As you answer the user's questions, you can use the following context</system-reminder>",
+        ) + count_text("create the file")
+            + count_text("Here is useful information about the environment you are running in: cwd /home/user/project")
+            + count_text("Today's date is 2026-11-24.")
+            + count_text("I will use the Write tool.")
+            + count_text("Write")
+            + count_text(r#"{"file_path":"/home/user/project/v.txt","content":"v2.1.330"}"#)
+            + count_text("File created successfully at: /home/user/project/v.txt");
+        let system = count_text("x-anthropic-billing-header: cc_version=2.1.330.413; cc_entrypoint=sdk-cli;")
+            + count_text("You are a Claude agent, built on Anthropic's Claude Agent SDK.");
+        let tools = count_text("Write")
+            + count_text("Writes a file to the local filesystem.")
+            + count_text(
+                r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","properties":{"file_path":{"description":"The absolute path to the file to write","type":"string"},"content":{"description":"The content to write to the file","type":"string"}},"required":["file_path","content"],"additionalProperties":false}"#,
+            )
+            + count_text("DeferredToolPlaceholder")
+            + count_text("placeholder")
+            + count_text(r#"{"type":"object","properties":{}}"#);
+        // Pinned totals (cross-checked with an independent Python implementation) guard against silent changes.
+        assert_eq!(messages, 28 + 4 + 24 + 7 + 8 + 2 + 16 + 13);
+        assert_eq!(system, 19 + 18);
+        assert_eq!(tools, 2 + 11 + 80 + 6 + 3 + 9);
+        assert_eq!(count(CLAUDE_CODE_FOLLOWUP), messages + system + tools);
+    }
+
+    /// The `count_tokens` shape: `{"model","messages","tools"}` with no system, content as a plain string.
+    #[test]
+    fn claude_code_count_tokens_sample() {
+        let body = r#"{"model":"claude-opus-5-5","messages":[{"role":"user","content":"foo"}],"tools":[{"name":"Bash","description":"Executes a given bash command","input_schema":{"type":"object","properties":{"command":{"type":"string"}},"required":["command"]}}]}"#;
+        let expected = 1
+            + 1
+            + count_text("Executes a given bash command")
+            + count_text(r#"{"type":"object","properties":{"command":{"type":"string"}},"required":["command"]}"#);
+        assert_eq!(count(body), expected);
+    }
+
+    /// The 2.0.77 topic-detection shape: system blocks, an assistant prefill `{`.
+    #[test]
+    fn claude_code_prefill_sample() {
+        let body = r#"{"model":"claude-haiku","messages":[{"role":"user","content":[{"type":"text","text":"hello there"}]},{"role":"assistant","content":[{"type":"text","text":"{"}]}],"system":[{"type":"text","text":"Analyze if this message indicates a new conversation topic."}],"tools":[],"max_tokens":512,"stream":true}"#;
+        assert_eq!(
+            count(body),
+            4 + 1 + count_text("Analyze if this message indicates a new conversation topic.")
+        );
+    }
+
+    #[test]
+    fn large_request_is_fast_enough_to_not_need_threads() {
+        // Not a benchmark, just a smoke check that a ~200 KB body parses and counts.
+        let mut body = String::from(r#"{"system":[{"type":"text","text":"sys"}],"messages":["#);
+        for i in 0..400 {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(r#"{"role":"user","content":[{"type":"text","text":"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore"},{"type":"tool_result","tool_use_id":"t","content":"ok done \"quoted\" \n new line"}]}"#);
+        }
+        body.push_str("]}");
+        assert!(body.len() > 150_000);
+        let per_message = count_text(
+            "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore",
+        ) + count_text("ok done \"quoted\" \n new line");
+        assert_eq!(count(&body), 1 + 400 * per_message);
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+            "[ a-z\u{85}\u{a0}\u{3000}\u{1}\t\n\"\\\\/é😀]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(("[a-z é/]{0,6}", inner), 0..4)
+                    .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Pretty-printed JSON with every non-ASCII character, space and slash inside strings written as an escape
+    /// (as Python's `json.dumps` or other clients might), to check that `count_json` ignores the escaping.
+    fn ascii_json(value: &serde_json::Value) -> String {
+        use std::fmt::Write;
+        let pretty = serde_json::to_string_pretty(value).unwrap();
+        let mut out = String::new();
+        let mut in_string = false;
+        let mut escaped = false;
+        for c in pretty.chars() {
+            if in_string && !escaped && c != '"' && c != '\\' && (!c.is_ascii() || c == ' ' || c == '/') {
+                if c == '/' {
+                    out.push_str("\\/");
+                } else {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        write!(out, "\\u{unit:04x}").unwrap();
+                    }
+                }
+                continue;
+            }
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = !in_string;
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn text_matches_reference(text in any::<String>()) {
+            prop_assert_eq!(count_text(&text), reference(&text));
+        }
+
+        #[test]
+        fn ascii_text_matches_reference(text in "[a-zA-Z0-9{}\"\\\\ \t\n\r\u{b}\u{c}\u{1c}\u{1f}\u{7f}]{0,100}") {
+            prop_assert_eq!(count_text(&text), reference(&text));
+        }
+
+        #[test]
+        fn mixed_text_matches_reference(parts in proptest::collection::vec(prop_oneof!["[a-z ]{0,12}", "[é€😀\u{a0}\u{3000}\u{85} ]{0,3}"], 0..12)) {
+            let text = parts.concat();
+            prop_assert_eq!(count_text(&text), reference(&text));
+        }
+
+        #[test]
+        fn spacey_text_matches_reference(text in "[a-zé€😀 \t\n\u{a0}\u{3000}\u{2028}]{0,80}") {
+            prop_assert_eq!(count_text(&text), reference(&text));
+        }
+
+        #[test]
+        fn json_equals_text_of_compact_form(s in any::<String>(), key in "[a-z ]{0,8}", n in any::<i64>()) {
+            let value = serde_json::json!({ key: [s, n, null, true] });
+            let compact = serde_json::to_string(&value).unwrap();
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            prop_assert_eq!(count_json(&compact), count_text(&compact));
+            prop_assert_eq!(count_json(&pretty), count_text(&compact));
+        }
+
+        #[test]
+        fn json_equals_text_of_serialisation_whatever_the_escaping(value in json_value()) {
+            let compact = serde_json::to_string(&value).unwrap();
+            prop_assert_eq!(count_json(&ascii_json(&value)), count_text(&compact));
+        }
+
+        #[test]
+        fn arbitrary_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = count_request(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_json_bodies_never_panic(
+            text in "[{}\\[\\]\",:a-z0-9 ]{0,10}",
+            kind in prop_oneof![Just("text"), Just("tool_use"), Just("tool_result"), Just("image"), Just("document"), Just("x")],
+        ) {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":[{{"type":"{kind}","text":"{text}","content":"{text}"}}]}}]}}"#);
+            let _ = count_request(body.as_bytes());
+        }
+    }
+}
