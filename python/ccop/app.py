@@ -1,0 +1,218 @@
+"""The ASGI application: routing, the worker's lifespan, and one log line per request.
+
+`create_app()` is the factory Granian calls in every worker process. The worker's `httpx.AsyncClient` to Ollama is
+opened in the ASGI lifespan and closed with it, so connections to Ollama are pooled across requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+import orjson
+
+from ccop import __version__
+from ccop._types import Receive, Scope, Send
+from ccop.calibration import Calibration
+from ccop.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError
+from ccop.logs import configure_logging
+from ccop.messages import MessagesService, RequestRecord
+from ccop.responses import ClientDisconnected, read_body, send_bytes, send_error, send_json
+from ccop.settings import Settings
+from ccop.upstream import create_client
+
+__all__ = ["ProxyApp", "create_app"]
+
+logger = logging.getLogger("ccop.access")
+
+# A Claude Code request is 50–100 KB; images and long sessions reach megabytes. Far beyond that is a mistake.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+Handler = Callable[["ProxyApp", Scope, Receive, Send, str, RequestRecord], Awaitable[None]]
+
+
+class ProxyApp:
+    """One worker's application; an ASGI 3 callable."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.calibration = Calibration(enabled=settings.token_counting == "calibrated")
+        self._client: httpx.AsyncClient | None = None
+        self._messages: MessagesService | None = None
+
+    # -- lifespan ------------------------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self._client = create_client(self.settings.ollama_url)
+        self._messages = MessagesService(self.settings, self._client, self.calibration)
+
+    async def shutdown(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            # Servers without lifespan support (or a test calling the app directly) still get a working client.
+            self._client = create_client(self.settings.ollama_url)
+            self._messages = MessagesService(self.settings, self._client, self.calibration)
+        return self._client
+
+    @property
+    def messages(self) -> MessagesService:
+        _ = self.client
+        assert self._messages is not None
+        return self._messages
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # pragma: no cover - reported to the server, which stops the worker
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- requests ------------------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.monotonic()
+        request_id = "req_" + secrets.token_hex(12)
+        method: str = scope["method"]
+        path: str = scope["path"]
+        record = RequestRecord()
+        status = 200
+        head = method == "HEAD"
+        try:
+            handler = self._route(method, path)
+            await handler(self, scope, receive, send, request_id, record)
+        except ProxyError as error:
+            status = error.status
+            record.outcome = error.message
+            await send_error(send, error, request_id, head=head)
+        except ClientDisconnected:
+            status = 499
+            record.outcome = "client disconnected while sending the request"
+        except Exception:
+            logger.exception("%s %s %s failed", request_id, method, path)
+            status = 500
+            record.outcome = "internal error"
+            internal = ProxyError(f"internal proxy error ({request_id}); the proxy log has the details")
+            try:
+                await send_error(send, internal, request_id, head=head)
+            except Exception:
+                pass
+        finally:
+            self._log(request_id, method, path, status, record, started)
+
+    def _route(self, method: str, path: str) -> Handler:
+        methods = ROUTES.get(path.rstrip("/") or "/")
+        if methods is None:
+            raise NotFound(
+                f"no route for {method} {path}; this proxy serves /v1/messages and /v1/messages/count_tokens"
+            )
+        handler = methods.get(method)
+        if handler is None and method == "HEAD":
+            handler = methods.get("GET")
+        if handler is None:
+            allowed = ", ".join(sorted(methods))
+            raise MethodNotAllowed(
+                f"method {method} is not allowed on {path}; use {allowed}", headers=((b"allow", allowed.encode()),)
+            )
+        return handler
+
+    def _log(self, request_id: str, method: str, path: str, status: int, record: RequestRecord, started: float) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        elapsed_ms = (time.monotonic() - started) * 1000
+        tokens = ""
+        if record.input_tokens is not None or record.output_tokens is not None:
+            tokens = f" in={record.input_tokens if record.input_tokens is not None else '-'}"
+            tokens += f" out={record.output_tokens if record.output_tokens is not None else '-'}"
+        model = f" model={record.model}->{record.ollama_model}" if record.model != "-" else ""
+        outcome = f" ({record.outcome})" if record.outcome != "ok" else ""
+        logger.info("%s %s %s %d%s%s %.0fms%s", request_id, method, path, status, model, tokens, elapsed_ms, outcome)
+
+
+# -- handlers ------------------------------------------------------------------------------------------------------
+
+
+async def _root(app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord) -> None:
+    body = f"ccop {__version__} is running; Anthropic Messages API -> Ollama at {app.settings.ollama_url}\n"
+    await send_bytes(
+        send, 200, body.encode(), content_type=b"text/plain; charset=utf-8", head=scope["method"] == "HEAD"
+    )
+
+
+async def _health(app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord) -> None:
+    ollama: dict[str, object] = {"url": app.settings.ollama_url, "reachable": False}
+    try:
+        response = await app.client.get("/api/version", timeout=2.0)
+        ollama["reachable"] = response.status_code == 200
+        if response.status_code == 200:
+            ollama["version"] = orjson.loads(response.content).get("version")
+    except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
+        ollama["error"] = str(exc) or type(exc).__name__
+    body = {
+        "status": "ok",
+        "version": __version__,
+        "pid": os.getpid(),
+        "ollama": ollama,
+        "calibration": app.calibration.snapshot(),
+    }
+    await send_json(send, 200, body, head=scope["method"] == "HEAD")
+
+
+def _check_json_content_type(scope: Scope) -> None:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            if media and not media.endswith(b"json"):
+                raise InvalidRequest(f"content-type must be application/json, got {value.decode('latin-1')!r}")
+
+
+async def _messages(
+    app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, record: RequestRecord
+) -> None:
+    _check_json_content_type(scope)
+    body = await read_body(receive, MAX_BODY_BYTES)
+    await app.messages.create(body, receive, send, request_id, record)
+
+
+async def _count_tokens(
+    app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, record: RequestRecord
+) -> None:
+    _check_json_content_type(scope)
+    body = await read_body(receive, MAX_BODY_BYTES)
+    await app.messages.count_tokens(body, send, request_id, record)
+
+
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/": {"GET": _root},
+    "/health": {"GET": _health},
+    "/v1/messages": {"POST": _messages},
+    "/v1/messages/count_tokens": {"POST": _count_tokens},
+}
+
+
+def create_app(settings: Settings | None = None) -> ProxyApp:
+    """The ASGI app for one worker; without arguments it reads the settings the CLI handed to the workers."""
+    resolved = settings or Settings.for_worker()
+    configure_logging(resolved.verbose)
+    return ProxyApp(resolved)

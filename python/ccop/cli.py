@@ -1,0 +1,172 @@
+"""The `ccop` command line: resolve the settings, print a banner, serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ccop import __version__
+from ccop.settings import (
+    CONFIG_FILE_NAME,
+    DEFAULTS,
+    ConfigError,
+    Settings,
+    default_config_document,
+    parse_model_map_entry,
+)
+
+__all__ = ["build_parser", "main"]
+
+
+def _port(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {value}")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _map_entry(raw: str) -> tuple[str, str]:
+    try:
+        return parse_model_map_entry(raw)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--model-map: ")) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line that names the problem, instead of argparse's usage dump.
+        self.exit(2, f"ccop: {message} (see ccop --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ccop",
+        description="Serve the Anthropic Messages API (Claude Code's API) on top of a local Ollama.",
+        epilog="Precedence: flag > environment variable > config file > default. See docs/CLI.md.",
+    )
+    add = parser.add_argument
+    add(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help=f"config file (default: ./{CONFIG_FILE_NAME} if present; env CCOP_CONFIG)",
+    )
+    add("--init", action="store_true", help=f"write a default {CONFIG_FILE_NAME} and exit")
+    add("--force", action="store_true", help="with --init: overwrite an existing file")
+    add("-p", "--port", type=_port, help=f"port to listen on (env PORT, default {DEFAULTS.port})")
+    add("--host", help=f"address to bind (env HOST, default {DEFAULTS.host})")
+    add("-u", "--ollama-url", metavar="URL", help=f"Ollama base URL (env OLLAMA_URL, default {DEFAULTS.ollama_url})")
+    add(
+        "-m",
+        "--model-map",
+        metavar="CLAUDE=OLLAMA",
+        type=_map_entry,
+        action="append",
+        help="map a model name to an Ollama model; repeatable (env CCOP_MODEL_MAP, comma separated)",
+    )
+    add(
+        "-d",
+        "--default-model",
+        metavar="MODEL",
+        help=f"Ollama model for every other claude-* name (env DEFAULT_MODEL, default {DEFAULTS.default_model})",
+    )
+    add(
+        "--strict-thinking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="answer 400 when thinking is asked of a model that cannot think, instead of dropping it "
+        "(env CCOP_STRICT_THINKING)",
+    )
+    add(
+        "-v",
+        "--verbose",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="debug logging, including prompt and response text (env CCOP_VERBOSE)",
+    )
+    add("--workers", type=_positive_int, metavar="N", help="worker processes (env CCOP_WORKERS, default 1)")
+    add(
+        "--token-counting",
+        choices=("calibrated", "heuristic"),
+        help="calibrated: learn each model's ratio from Ollama's counts; heuristic: the plain word rule "
+        "(env CCOP_TOKEN_COUNTING, default calibrated)",
+    )
+    add("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
+    add("--version", action="version", version=f"ccop {__version__}")
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "port": args.port,
+        "host": args.host,
+        "ollama_url": args.ollama_url,
+        "default_model": args.default_model,
+        "model_map": dict(args.model_map) if args.model_map else None,
+        "strict_thinking": args.strict_thinking,
+        "verbose": args.verbose,
+        "workers": args.workers,
+        "token_counting": args.token_counting,
+    }
+
+
+def _init(path: Path, force: bool) -> int:
+    if path.exists() and not force:
+        print(f"ccop: {path} already exists; use --init --force to overwrite it", file=sys.stderr)
+        return 1
+    try:
+        path.write_bytes(default_config_document())
+    except OSError as exc:
+        print(f"ccop: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}; edit defaultModel and modelMap, then run `ccop`")
+    return 0
+
+
+def banner(settings: Settings) -> str:
+    workers = f"{settings.workers} worker" + ("s" if settings.workers != 1 else "")
+    source = f" · config {settings.config_path}" if settings.config_path else ""
+    return (
+        f"ccop {__version__} listening on http://{settings.host}:{settings.port} → Ollama {settings.ollama_url}"
+        f" · default model {settings.default_model} · {workers}{source}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.init:
+        return _init(Path(args.config or CONFIG_FILE_NAME), args.force)
+    try:
+        settings = Settings.resolve(_flags(args), os.environ, config_path=args.config)
+    except ConfigError as exc:
+        print(f"ccop: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(settings.to_json().decode())
+        return 0
+    print(banner(settings), flush=True)
+
+    from ccop.server import serve
+
+    try:
+        serve(settings)
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,114 @@
+"""Errors the proxy answers with, each mapped to Anthropic's error shape.
+
+Every error a client sees is `{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}` with an
+HTTP status, or the same object in an SSE `event: error` once a stream has begun.
+
+    ProxyError                      api_error, 500
+    ├── InvalidRequest              invalid_request_error, 400 (names the offending field)
+    ├── AuthenticationFailed        authentication_error, 401
+    ├── PermissionDenied            permission_error, 403
+    ├── NotFound                    not_found_error, 404
+    ├── MethodNotAllowed            invalid_request_error, 405
+    ├── RequestTooLarge             request_too_large, 413
+    ├── Overloaded                  overloaded_error, 529
+    └── UpstreamError               api_error, 502 (Ollama unreachable or misbehaving)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+from ccop._core import encode_sse
+
+__all__ = [
+    "AuthenticationFailed",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "NotFound",
+    "Overloaded",
+    "PermissionDenied",
+    "ProxyError",
+    "RequestTooLarge",
+    "UpstreamError",
+    "error_body",
+    "error_event",
+]
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy reports to its client."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_type: str | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if error_type is not None:
+            self.error_type = error_type  # type: ignore[misc]
+        # Extra response headers, e.g. `allow` on a 405 or `retry-after` on an overload.
+        self.headers = headers
+        if status is not None:
+            self.status = status  # type: ignore[misc]
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationFailed(ProxyError):
+    status = 401
+    error_type = "authentication_error"
+
+
+class PermissionDenied(ProxyError):
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFound(ProxyError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    error_type = "invalid_request_error"
+
+
+class RequestTooLarge(ProxyError):
+    status = 413
+    error_type = "request_too_large"
+
+
+class Overloaded(ProxyError):
+    # 529 is Anthropic's status for overload; Claude Code retries it with backoff.
+    status = 529
+    error_type = "overloaded_error"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    error_type = "api_error"
+
+
+def error_body(error_type: str, message: str, request_id: str | None = None) -> bytes:
+    body: dict[str, object] = {"type": "error", "error": {"type": error_type, "message": message}}
+    if request_id:
+        body["request_id"] = request_id
+    return orjson.dumps(body)
+
+
+def error_event(error_type: str, message: str, request_id: str | None = None) -> bytes:
+    """An SSE `error` frame, for failures after the stream has begun."""
+    return encode_sse("error", error_body(error_type, message, request_id))

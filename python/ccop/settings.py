@@ -1,0 +1,268 @@
+"""The proxy's configuration: one frozen `Settings`, resolved from four layers.
+
+Precedence, highest first: command-line flag > environment variable > `proxy.config.json` > built-in default.
+
+The resolved settings travel to Granian's worker processes as one JSON document in the `CCOP_SETTINGS`
+environment variable, so every worker serves with exactly what the command line resolved, without parsing
+anything again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "DEFAULTS",
+    "OPTIONS",
+    "SETTINGS_ENV",
+    "ConfigError",
+    "Option",
+    "Settings",
+    "default_config_document",
+    "parse_model_map_entry",
+]
+
+CONFIG_FILE_NAME = "proxy.config.json"
+# Carries the fully resolved settings from the CLI to Granian's worker processes.
+SETTINGS_ENV = "CCOP_SETTINGS"
+
+TokenCounting = Literal["heuristic", "calibrated"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs to serve; immutable once resolved."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    ollama_url: str = "http://localhost:11434"
+    default_model: str = "llama3.1"
+    model_map: Mapping[str, str] = field(default_factory=dict)
+    strict_thinking: bool = False
+    verbose: bool = False
+    workers: int = 1
+    token_counting: TokenCounting = "calibrated"
+    # Seconds between SSE `ping` events while Ollama loads the model or processes the prompt.
+    ping_interval: float = 5.0
+    # Where the settings came from, for the banner and error messages; not a setting itself.
+    config_path: str | None = None
+
+    def to_json(self) -> bytes:
+        data = dataclasses.asdict(self)
+        data["model_map"] = dict(self.model_map)
+        return orjson.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Settings:
+        data = orjson.loads(raw)
+        return cls(**data)
+
+    @classmethod
+    def for_worker(cls) -> Settings:
+        """The settings a worker serves with: the CLI's resolved copy, else resolved here from env and file."""
+        raw = os.environ.get(SETTINGS_ENV)
+        if raw:
+            return cls.from_json(raw)
+        return cls.resolve({}, os.environ)
+
+    @classmethod
+    def resolve(
+        cls,
+        flags: Mapping[str, Any],
+        environ: Mapping[str, str],
+        *,
+        config_path: str | None = None,
+        cwd: Path | None = None,
+    ) -> Settings:
+        """Merge flag values (already typed, `None` = not given), the environment and the config file."""
+        path = config_path or environ.get("CCOP_CONFIG")
+        file_values: dict[str, Any] = {}
+        used_path: str | None = None
+        if path:
+            file_values = load_config_file(Path(path))
+            used_path = str(path)
+        else:
+            candidate = (cwd or Path.cwd()) / CONFIG_FILE_NAME
+            if candidate.is_file():
+                file_values = load_config_file(candidate)
+                used_path = str(candidate)
+
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            layers = [flags.get(option.name)]
+            if option.env and option.env in environ:
+                layers.append(option.parse(environ[option.env], f"environment variable {option.env}"))
+            if option.config_key in file_values:
+                where = f"{used_path}: key {option.config_key!r}"
+                layers.append(option.check(file_values[option.config_key], where))
+            given = [value for value in layers if value is not None]
+            if not given:
+                continue
+            if option.kind == "map":
+                # Maps merge: each higher layer adds entries and overrides the same names below it.
+                merged: dict[str, str] = {}
+                for layer in reversed(given):
+                    merged.update(layer)
+                values[option.name] = merged
+            else:
+                values[option.name] = given[0]
+        return cls(config_path=used_path, **values)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Option table: one row per setting, shared by the CLI, the environment, the config file and the docs.
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    config_key: str
+    env: str | None
+    kind: str  # "str" | "int" | "bool" | "url" | "port" | "map" | "choice" | "float"
+    help: str
+    choices: tuple[str, ...] = ()
+
+    def parse(self, raw: str, where: str) -> Any:
+        """Parse a string from the environment."""
+        if self.kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+        if self.kind in {"int", "port"}:
+            try:
+                number = int(raw.strip())
+            except ValueError:
+                raise ConfigError(f"{where}: expected a whole number, got {raw!r}") from None
+            return self.check(number, where)
+        if self.kind == "float":
+            try:
+                return self.check(float(raw.strip()), where)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+        if self.kind == "map":
+            entries = [part for part in re.split(r"[,\s]+", raw) if part]
+            return dict(parse_model_map_entry(entry, where) for entry in entries)
+        return self.check(raw, where)
+
+    def check(self, value: Any, where: str) -> Any:
+        """Validate an already typed value (from the config file, or parsed above)."""
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            return value
+        if self.kind in {"int", "port"}:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+            if self.kind == "port" and not 1 <= value <= 65535:
+                raise ConfigError(f"{where}: port must be between 1 and 65535, got {value}")
+            if self.name == "workers" and value < 1:
+                raise ConfigError(f"{where}: workers must be at least 1, got {value}")
+            return value
+        if self.kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{where}: expected a positive number, got {value!r}")
+            return float(value)
+        if self.kind == "map":
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
+            ):
+                raise ConfigError(f"{where}: expected an object of non-empty model names, got {value!r}")
+            return dict(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+        value = value.strip()
+        if self.kind == "url":
+            if not re.match(r"^https?://[^\s/]+", value):
+                raise ConfigError(f"{where}: expected an http:// or https:// URL, got {value!r}")
+            return value.rstrip("/")
+        if self.kind == "choice" and value not in self.choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("port", "port", "PORT", "port", "Port to listen on."),
+    Option("host", "host", "HOST", "str", "Address to bind; keep 127.0.0.1 unless other machines must reach it."),
+    Option("ollama_url", "ollamaUrl", "OLLAMA_URL", "url", "Base URL of the Ollama server."),
+    Option("default_model", "defaultModel", "DEFAULT_MODEL", "str", "Ollama model for any claude-* model name."),
+    Option("model_map", "modelMap", "CCOP_MODEL_MAP", "map", "Exact model-name mappings, CLAUDE=OLLAMA."),
+    Option(
+        "strict_thinking",
+        "strictThinking",
+        "CCOP_STRICT_THINKING",
+        "bool",
+        "Reject thinking requests for models that cannot think (400) instead of dropping thinking.",
+    ),
+    Option("verbose", "verbose", "CCOP_VERBOSE", "bool", "Debug logging, including prompt and response text."),
+    Option("workers", "workers", "CCOP_WORKERS", "int", "Worker processes; use more for many agents at once."),
+    Option(
+        "token_counting",
+        "tokenCounting",
+        "CCOP_TOKEN_COUNTING",
+        "choice",
+        "calibrated: scale estimates by what Ollama reports per model; heuristic: the raw word rule.",
+        ("heuristic", "calibrated"),
+    ),
+    Option("ping_interval", "pingInterval", "CCOP_PING_INTERVAL", "float", "Seconds between SSE pings while waiting."),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+CONFIG_KEYS = {option.config_key: option for option in OPTIONS}
+DEFAULTS = Settings()
+
+
+def parse_model_map_entry(entry: str, where: str = "--model-map") -> tuple[str, str]:
+    """Split `CLAUDE=OLLAMA`; both sides must be non-empty."""
+    claude, sep, ollama = entry.partition("=")
+    if not sep or not claude.strip() or not ollama.strip():
+        raise ConfigError(f"{where}: expected CLAUDE_MODEL=OLLAMA_MODEL, got {entry!r}")
+    return claude.strip(), ollama.strip()
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read and check `proxy.config.json`; keys starting with `$` or `_` are comments."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object, got {type(data).__name__}")
+    unknown = [key for key in data if key not in CONFIG_KEYS and not key.startswith(("$", "_"))]
+    if unknown:
+        known = ", ".join(CONFIG_KEYS)
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known keys: {known})")
+    return {key: value for key, value in data.items() if key in CONFIG_KEYS}
+
+
+def default_config_document() -> bytes:
+    """The file `ccop --init` writes: every key with its default, and a starter model map."""
+    document: dict[str, Any] = {"$comment": "ccop configuration; every key is described in docs/CLI.md"}
+    for option in OPTIONS:
+        value = getattr(DEFAULTS, option.name)
+        if option.name == "model_map":
+            value = {
+                "claude-opus-5-5": "qwen3-coder:30b",
+                "claude-sonnet-5-5": "qwen3-coder:30b",
+                "claude-haiku-5-5": "qwen3:8b",
+            }
+        document[option.config_key] = value
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
