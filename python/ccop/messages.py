@@ -1,0 +1,213 @@
+"""`POST /v1/messages` and `POST /v1/messages/count_tokens`: from a request body to a finished answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from ccop._core import InvalidJsonError, StreamTranslator, count_request_tokens
+from ccop._types import Receive, Send
+from ccop.calibration import Calibration
+from ccop.errors import InvalidRequest, ProxyError, UpstreamError
+from ccop.models import map_model, takes_think_levels, thinks_by_name
+from ccop.responses import send_bytes, send_json
+from ccop.settings import Settings
+from ccop.streaming import ClientGone, RelayOutcome, SseStream, idle_watchdog, relay, watch_disconnect
+from ccop.translate import ChatPlan, ModelTraits, build_chat_request
+from ccop.upstream import error_from_response, unreachable
+from ccop.validation import validate_count_tokens_request, validate_messages_request
+
+__all__ = ["MessagesService", "RequestRecord"]
+
+logger = logging.getLogger("ccop.messages")
+
+# How long to wait for Ollama's response headers before committing to a 200 event stream. Ollama rejects unknown
+# models and bad requests within milliseconds, so those still get a real HTTP status; a model that is loading
+# answers much later, and the client gets `message_start` and pings meanwhile.
+HEADER_GRACE = 0.25
+# Counting a body this large is worth moving off the event loop (the Rust counter releases the interpreter).
+OFF_LOOP_BYTES = 1 << 20
+# Ollama has no data for these; everything else about the answer is in the translator.
+_ERROR_STATUS = {"invalid_request_error": 400, "overloaded_error": 529, "not_found_error": 404}
+
+
+@dataclass
+class RequestRecord:
+    """What the access log line says about one request."""
+
+    model: str = "-"
+    ollama_model: str = "-"
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    outcome: str = "ok"
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body:
+        raise InvalidRequest("request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+async def _count(body: bytes) -> int:
+    try:
+        if len(body) >= OFF_LOOP_BYTES:
+            return await asyncio.to_thread(count_request_tokens, body)
+        return count_request_tokens(body)
+    except InvalidJsonError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _new_message_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+class MessagesService:
+    """The two message endpoints of one worker, sharing its Ollama client and calibration."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient, calibration: Calibration) -> None:
+        self.settings = settings
+        self.client = client
+        self.calibration = calibration
+        self.idle_timeout = 600.0
+
+    def _traits(self, ollama_model: str) -> ModelTraits:
+        return ModelTraits(thinks=thinks_by_name(ollama_model), takes_think_levels=takes_think_levels(ollama_model))
+
+    async def count_tokens(self, body: bytes, send: Send, request_id: str, record: RequestRecord) -> None:
+        request = validate_count_tokens_request(_parse_json(body))
+        record.model = request["model"]
+        record.ollama_model = map_model(request["model"], self.settings.model_map, self.settings.default_model)
+        raw = await _count(body)
+        record.input_tokens = self.calibration.apply(record.ollama_model, raw)
+        await send_json(
+            send, 200, {"input_tokens": record.input_tokens}, headers=[(b"request-id", request_id.encode())]
+        )
+
+    async def create(self, body: bytes, receive: Receive, send: Send, request_id: str, record: RequestRecord) -> None:
+        request = validate_messages_request(_parse_json(body))
+        record.model = request["model"]
+        ollama_model = map_model(request["model"], self.settings.model_map, self.settings.default_model)
+        record.ollama_model = ollama_model
+        plan = build_chat_request(
+            request,
+            ollama_model=ollama_model,
+            traits=self._traits(ollama_model),
+            strict_thinking=self.settings.strict_thinking,
+        )
+        for note in plan.notes:
+            logger.info("%s %s", request_id, note)
+        raw_estimate = await _count(body)
+        translator = StreamTranslator(
+            message_id=_new_message_id(),
+            model=request["model"],
+            input_tokens_estimate=self.calibration.apply(ollama_model, raw_estimate),
+            max_tokens=plan.max_tokens,
+            stop_sequences=plan.stop_sequences,
+            emit_sse=plan.stream,
+        )
+        try:
+            await self._run(plan, translator, receive, send, request_id, record)
+        finally:
+            self.calibration.observe(ollama_model, raw_estimate, translator.prompt_eval_count)
+            record.input_tokens = translator.prompt_eval_count
+            record.output_tokens = translator.eval_count
+
+    async def _run(
+        self,
+        plan: ChatPlan,
+        translator: StreamTranslator,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        record: RequestRecord,
+    ) -> None:
+        upstream_request = self.client.build_request(
+            "POST", "/api/chat", content=orjson.dumps(plan.body), headers={"content-type": "application/json"}
+        )
+        disconnected = asyncio.create_task(watch_disconnect(receive))
+        opening = asyncio.create_task(self.client.send(upstream_request, stream=True))
+        sse = SseStream(send, request_id, self.settings.ping_interval) if plan.stream else None
+        response: httpx.Response | None = None
+        tasks: list[asyncio.Task[Any]] = [disconnected, opening]
+        try:
+            # Phase 1: wait for Ollama's response headers (model load and prompt reading happen here).
+            grace = HEADER_GRACE if sse is not None else None
+            done, _ = await asyncio.wait({opening, disconnected}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            if sse is not None and not done:
+                await sse.start(translator.start())
+                done, _ = await asyncio.wait({opening, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            if disconnected in done:
+                record.outcome = "client disconnected before Ollama answered"
+                return
+            try:
+                response = opening.result()
+            except httpx.TransportError as exc:
+                raise unreachable(self.settings.ollama_url, exc) from None
+            if response.status_code != 200:
+                error_body = await response.aread()
+                raise await error_from_response(
+                    self.client, response.status_code, error_body, plan.ollama_model, record.model
+                )
+            if sse is not None and not sse.started:
+                await sse.start(translator.start())
+
+            # Phase 2: relay the answer, watching the client and the upstream's silence.
+            outcome = RelayOutcome()
+            pump = asyncio.create_task(relay(response, translator, sse.write if sse else None, outcome))
+            idle = asyncio.create_task(idle_watchdog(outcome, self.idle_timeout))
+            tasks += [pump, idle]
+            watched: set[asyncio.Task[Any]] = {pump, disconnected, idle}
+            finished, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if pump not in finished:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ClientGone, httpx.HTTPError):
+                    await pump
+                if disconnected in finished:
+                    record.outcome = "client disconnected mid-answer"
+                    return
+                raise UpstreamError(f"Ollama sent nothing for {self.idle_timeout:g} s; the answer was abandoned")
+            try:
+                tail = pump.result()
+            except httpx.TransportError as exc:
+                raise UpstreamError(
+                    f"the connection to Ollama broke mid-answer ({exc or type(exc).__name__})"
+                ) from None
+            if translator.error is not None:
+                record.outcome = f"upstream error: {translator.error[1]}"
+            elif translator.stopped:
+                record.outcome = "stop sequence"
+            if sse is not None:
+                await sse.close(tail)
+                return
+            if translator.error is not None:
+                kind, message = translator.error
+                raise ProxyError(message, status=_ERROR_STATUS.get(kind, 500), error_type=kind)
+            await send_bytes(send, 200, translator.message(), headers=[(b"request-id", request_id.encode())])
+        except ClientGone:
+            record.outcome = "client disconnected mid-answer"
+        except ProxyError as error:
+            record.outcome = error.message
+            if sse is not None and sse.started:
+                with contextlib.suppress(ClientGone):
+                    await sse.fail(error)
+            else:
+                raise
+        finally:
+            for task in tasks:
+                task.cancel()
+            if response is not None:
+                # Closing the response closes its connection: Ollama notices and stops generating.
+                await response.aclose()
+            if sse is not None and sse.started and not sse.closed:
+                with contextlib.suppress(ClientGone):
+                    await sse.close()

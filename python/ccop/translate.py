@@ -1,0 +1,361 @@
+"""Anthropic Messages request → Ollama `/api/chat` request, as pure functions over dicts.
+
+Nothing the client sent is dropped silently: content Ollama cannot represent becomes a short bracketed note in the
+text, and each replacement is reported in `ChatPlan.notes` for the log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ccop._core import heal_tool_arguments
+from ccop.errors import InvalidRequest
+from ccop.models import ThinkLevel, budget_to_level
+
+__all__ = ["ChatPlan", "ModelTraits", "build_chat_request", "strip_billing_header"]
+
+# Claude Code prefixes its system prompt with a per-request billing line; dropping it keeps the prompt prefix
+# byte-identical between turns, so Ollama can reuse its KV cache instead of re-reading the whole prompt.
+_BILLING_LINE = re.compile(r"^x-anthropic-billing-header:[^\n]*(?:\n|$)", re.MULTILINE)
+_DATA_URL_PREFIX = re.compile(r"^data:[^;,]*;base64,")
+_EFFORT_LEVELS: dict[str, ThinkLevel] = {
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "high",
+    "xhigh": "high",
+}
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What the proxy knows about the target model when it builds the request."""
+
+    thinks: bool
+    takes_think_levels: bool = False
+
+
+@dataclass
+class ChatPlan:
+    """The Ollama request plus what the response side needs to know about it."""
+
+    body: dict[str, Any]
+    ollama_model: str
+    max_tokens: int
+    stop_sequences: list[str]
+    stream: bool
+    thinking_requested: bool
+    thinking_sent: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def strip_billing_header(text: str) -> str:
+    return _BILLING_LINE.sub("", text)
+
+
+def _system_text(system: str | list[Any] | None) -> str:
+    if system is None:
+        return ""
+    if isinstance(system, str):
+        parts = [system]
+    else:
+        parts = [block.get("text", "") for block in system if isinstance(block, dict) and block.get("type") == "text"]
+    cleaned = (strip_billing_header(part).strip("\n") for part in parts)
+    # Blocks are joined with a newline: gluing them together would fuse the last and first words of neighbours.
+    return "\n".join(part for part in cleaned if part)
+
+
+def _image_data(block: dict[str, Any], where: str) -> str:
+    source = block["source"]
+    if source.get("type") != "base64":
+        kind = source.get("type")
+        raise InvalidRequest(
+            f"{where}.source.type: {kind!r} images are not supported; Ollama takes only inline images, so send the "
+            "image as a base64 source"
+        )
+    # Ollama wants raw standard base64; a data: URL prefix makes it answer 400 "illegal base64 data".
+    return _DATA_URL_PREFIX.sub("", source["data"])
+
+
+def _document_text(block: dict[str, Any], notes: list[str]) -> str:
+    raw_source = block.get("source")
+    source: dict[str, Any] = raw_source if isinstance(raw_source, dict) else {}
+    title = block.get("title") if isinstance(block.get("title"), str) else None
+    header = f"[document: {title}]" if title else "[document]"
+    context = block.get("context")
+    prefix = header + (f"\n{context}" if isinstance(context, str) and context else "")
+    kind = source.get("type")
+    if kind == "text" and isinstance(source.get("data"), str):
+        return f"{prefix}\n{source['data']}"
+    if kind == "content" and isinstance(source.get("content"), list):
+        texts = [b.get("text", "") for b in source["content"] if isinstance(b, dict) and b.get("type") == "text"]
+        return prefix + "\n" + "\n".join(texts)
+    notes.append(f"document ({kind or 'unknown source'}) replaced by a note")
+    return f"{header} [the document's {kind or 'unknown'} content cannot be passed to Ollama and was left out]"
+
+
+def _other_block_text(block: dict[str, Any], notes: list[str]) -> str:
+    """Text for block types Ollama has no place for: keep any text, note the rest."""
+    kind = block.get("type")
+    if kind == "document":
+        return _document_text(block, notes)
+    if kind == "search_result":
+        texts = [b.get("text", "") for b in block.get("content", []) if isinstance(b, dict)]
+        title = block.get("title", "")
+        source = block.get("source", "")
+        return f"[search result: {title} ({source})]\n" + "\n".join(t for t in texts if isinstance(t, str))
+    if isinstance(block.get("text"), str):
+        notes.append(f"{kind} block kept as text")
+        return str(block["text"])
+    notes.append(f"{kind} block replaced by a note")
+    return f"[{kind} block omitted: Ollama cannot represent it]"
+
+
+def _tool_result_content(block: dict[str, Any], where: str, notes: list[str]) -> tuple[str, list[str]]:
+    content = block.get("content")
+    texts: list[str] = []
+    images: list[str] = []
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, list):
+        for index, inner in enumerate(content):
+            kind = inner.get("type")
+            if kind == "text":
+                texts.append(inner["text"])
+            elif kind == "image":
+                images.append(_image_data(inner, f"{where}.content.{index}"))
+            else:
+                texts.append(_other_block_text(inner, notes))
+    text = "\n".join(texts)
+    if block.get("is_error"):
+        # Ollama has no error flag on tool messages; without this marker a failure reads like a success.
+        text = f"Error: {text}" if text else "Error: the tool failed without output"
+    return text, images
+
+
+def _translate_user(
+    message: dict[str, Any], where: str, tool_names: Mapping[str, str], notes: list[str]
+) -> list[dict[str, Any]]:
+    content = message["content"]
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    tool_messages: list[dict[str, Any]] = []
+    texts: list[str] = []
+    images: list[str] = []
+    for index, block in enumerate(content):
+        kind = block["type"]
+        block_where = f"{where}.content.{index}"
+        if kind == "text":
+            texts.append(block["text"])
+        elif kind == "image":
+            images.append(_image_data(block, block_where))
+        elif kind == "tool_result":
+            text, result_images = _tool_result_content(block, block_where, notes)
+            tool_message: dict[str, Any] = {"role": "tool", "content": text, "tool_call_id": block["tool_use_id"]}
+            name = tool_names.get(block["tool_use_id"])
+            if name:
+                tool_message["tool_name"] = name
+            if result_images:
+                tool_message["images"] = result_images
+            tool_messages.append(tool_message)
+        elif kind in ("thinking", "redacted_thinking"):
+            notes.append(f"{kind} block in a user message kept as text")
+            texts.append(block.get("thinking") or "[redacted thinking]")
+        else:
+            texts.append(_other_block_text(block, notes))
+    result = tool_messages
+    # Text beside tool results (Claude Code's reminders, user interjections) follows the tool messages, in order.
+    if texts or images or not tool_messages:
+        user: dict[str, Any] = {"role": "user", "content": "\n".join(texts)}
+        if images:
+            user["images"] = images
+        result.append(user)
+    return result
+
+
+def _translate_assistant(message: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    content = message["content"]
+    if isinstance(content, str):
+        return {"role": "assistant", "content": content}
+    texts: list[str] = []
+    thinking: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in content:
+        kind = block["type"]
+        if kind == "text":
+            texts.append(block["text"])
+        elif kind == "thinking":
+            thinking.append(block["thinking"])
+        elif kind == "redacted_thinking":
+            notes.append("redacted_thinking replaced by a note")
+            thinking.append("[redacted thinking]")
+        elif kind == "tool_use":
+            tool_calls.append(
+                {
+                    "id": block["id"],
+                    "function": {
+                        "index": len(tool_calls),
+                        "name": block["name"],
+                        "arguments": _tool_input(block.get("input", {})),
+                    },
+                }
+            )
+        else:
+            texts.append(_other_block_text(block, notes))
+    result: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts)}
+    if thinking:
+        result["thinking"] = "\n".join(thinking)
+    if tool_calls:
+        result["tool_calls"] = tool_calls
+    return result
+
+
+def _tool_input(value: object) -> dict[str, Any]:
+    """Ollama insists on an object; a string input (some clients replay what a model produced) is healed."""
+    if isinstance(value, dict):
+        return value
+    healed, _kind = heal_tool_arguments(value if isinstance(value, str) else orjson.dumps(value))
+    result: dict[str, Any] = orjson.loads(healed)
+    return result
+
+
+def _translate_system_message(message: dict[str, Any]) -> dict[str, Any] | None:
+    """A `role: system` entry inside `messages` becomes user-side text at its position.
+
+    Ollama's templates hoist system messages to the front of the prompt, which would change the prompt prefix on
+    every turn and defeat the KV cache; as user text it stays where Claude Code put it.
+    """
+    content = message["content"]
+    if isinstance(content, str):
+        text = content
+    else:
+        text = "\n".join(block["text"] for block in content if block.get("type") == "text" and block.get("text"))
+    if not text:
+        return None
+    return {"role": "user", "content": text}
+
+
+def _tools(body: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
+    tools: list[dict[str, Any]] = []
+    for tool in body.get("tools") or []:
+        schema = tool.get("input_schema")
+        if schema is None:
+            # Server tools (web_search_…, code_execution_…) run on Anthropic's side and have no schema to offer.
+            notes.append(f"server tool {tool['name']!r} left out (no input_schema)")
+            continue
+        function: dict[str, Any] = {"name": tool["name"], "parameters": schema}
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        tools.append({"type": "function", "function": function})
+    return tools
+
+
+def _tool_choice_instruction(choice: dict[str, Any] | None) -> str:
+    if not choice:
+        return ""
+    kind = choice.get("type")
+    lines = []
+    if kind == "any":
+        lines.append("You must answer by calling one or more of the available tools.")
+    elif kind == "tool":
+        lines.append(f"You must answer by calling the tool named {choice['name']!r}.")
+    if choice.get("disable_parallel_tool_use") and kind != "none":
+        lines.append("Call at most one tool in this answer.")
+    return "\n".join(lines)
+
+
+def _think_value(body: dict[str, Any], traits: ModelTraits) -> bool | ThinkLevel:
+    thinking = body.get("thinking")
+    if not traits.thinks or not thinking or thinking.get("type") == "disabled":
+        return False
+    if not traits.takes_think_levels:
+        return True
+    effort = (body.get("output_config") or {}).get("effort")
+    if isinstance(effort, str) and effort in _EFFORT_LEVELS:
+        return _EFFORT_LEVELS[effort]
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        return budget_to_level(budget)
+    return "medium"
+
+
+def build_chat_request(
+    body: dict[str, Any],
+    *,
+    ollama_model: str,
+    traits: ModelTraits,
+    strict_thinking: bool,
+) -> ChatPlan:
+    """Translate a validated `/v1/messages` body into an Ollama `/api/chat` request."""
+    notes: list[str] = []
+    messages: list[dict[str, Any]] = []
+
+    system = _system_text(body.get("system"))
+    choice = body.get("tool_choice")
+    instruction = _tool_choice_instruction(choice)
+    if instruction:
+        system = f"{system}\n\n{instruction}" if system else instruction
+    if system:
+        messages.append({"role": "system", "content": system})
+
+    tool_names: dict[str, str] = {}
+    for index, message in enumerate(body["messages"]):
+        role = message["role"]
+        if role == "assistant":
+            translated = _translate_assistant(message, notes)
+            for call in translated.get("tool_calls", ()):
+                tool_names[call["id"]] = call["function"]["name"]
+            messages.append(translated)
+        elif role == "user":
+            messages.extend(_translate_user(message, f"messages.{index}", tool_names, notes))
+        else:
+            system_message = _translate_system_message(message)
+            if system_message is not None:
+                messages.append(system_message)
+
+    thinking = body.get("thinking") or {}
+    thinking_requested = thinking.get("type") in ("enabled", "adaptive")
+    if thinking.get("type") == "enabled" and not traits.thinks and strict_thinking:
+        raise InvalidRequest(
+            f"thinking: model {ollama_model!r} cannot think; choose a thinking-capable model, or remove `thinking` "
+            "(the proxy drops it instead when started without --strict-thinking)"
+        )
+    think = _think_value(body, traits)
+    if thinking_requested and not traits.thinks:
+        notes.append(f"thinking dropped: {ollama_model} cannot think")
+
+    options: dict[str, Any] = {"num_predict": body["max_tokens"]}
+    for key in ("temperature", "top_p", "top_k"):
+        if body.get(key) is not None:
+            options[key] = body[key]
+
+    request: dict[str, Any] = {
+        "model": ollama_model,
+        "messages": messages,
+        # Always stream from Ollama: one code path for both client modes, and a client disconnect can stop
+        # generation at any moment.
+        "stream": True,
+        # Explicit, because Ollama turns thinking on by default for every model that can think.
+        "think": think,
+        "options": options,
+    }
+    if not choice or choice.get("type") != "none":
+        tools = _tools(body, notes)
+        if tools:
+            request["tools"] = tools
+
+    return ChatPlan(
+        body=request,
+        ollama_model=ollama_model,
+        max_tokens=body["max_tokens"],
+        stop_sequences=list(body.get("stop_sequences") or ()),
+        stream=bool(body.get("stream", False)),
+        thinking_requested=thinking_requested,
+        thinking_sent=think is not False,
+        notes=notes,
+    )

@@ -1,0 +1,91 @@
+"""The connection to Ollama: one `httpx.AsyncClient` per worker, and Ollama's errors in Anthropic's terms."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import orjson
+
+from ccop.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    ProxyError,
+    UpstreamError,
+)
+
+__all__ = ["CONNECT_TIMEOUT", "create_client", "error_from_response", "installed_models", "unreachable"]
+
+# Ollama runs next to the proxy: if it does not accept a connection within seconds it is not running.
+CONNECT_TIMEOUT = 5.0
+_CONTEXT_OVERFLOW = re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)")
+
+
+def create_client(ollama_url: str) -> httpx.AsyncClient:
+    # No read timeout: loading a model and reading a long prompt can take minutes, and the stream's own idle
+    # watchdog decides when silence means failure. `trust_env=False` keeps HTTP(S)_PROXY settings meant for the
+    # internet from rerouting a local Ollama.
+    timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=None, write=60.0, pool=None)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30.0)
+    return httpx.AsyncClient(base_url=ollama_url, timeout=timeout, limits=limits, trust_env=False)
+
+
+def unreachable(ollama_url: str, exc: Exception) -> UpstreamError:
+    reason = str(exc) or type(exc).__name__
+    return UpstreamError(
+        f"Ollama is not reachable at {ollama_url} ({reason}). Start it with `ollama serve`, or point the proxy at "
+        "the right server with --ollama-url."
+    )
+
+
+async def installed_models(client: httpx.AsyncClient) -> list[str] | None:
+    """Names from `/api/tags`, or None when Ollama cannot say."""
+    try:
+        response = await client.get("/api/tags", timeout=5.0)
+        response.raise_for_status()
+        return [str(model["name"]) for model in orjson.loads(response.content).get("models", [])]
+    except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _ollama_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace").strip()[:500] or "no details"
+    if isinstance(data, dict) and "error" in data:
+        error = data["error"]
+        return error if isinstance(error, str) else orjson.dumps(error).decode()
+    return body.decode("utf-8", "replace")[:500]
+
+
+async def error_from_response(
+    client: httpx.AsyncClient, status: int, body: bytes, ollama_model: str, requested_model: str
+) -> ProxyError:
+    """Map an Ollama error reply (sent before any stream byte) to the error the client sees."""
+    message = _ollama_message(body)
+    if status == 404:
+        installed = await installed_models(client)
+        listing = ", ".join(installed) if installed else "none"
+        alias = f" (requested as {requested_model!r})" if requested_model != ollama_model else ""
+        return NotFound(
+            f"model {ollama_model!r}{alias} is not installed in Ollama. Installed models: {listing}. "
+            f"Pull it with `ollama pull {ollama_model}` or map the name to an installed model with "
+            "--model-map / --default-model."
+        )
+    overflow = _CONTEXT_OVERFLOW.search(message)
+    if overflow:
+        # The wording Claude Code reacts to by compacting the conversation.
+        return InvalidRequest(f"prompt is too long: {overflow.group(1)} tokens > {overflow.group(2)} maximum")
+    if status == 400:
+        return InvalidRequest(f"Ollama rejected the request for {ollama_model!r}: {message}")
+    if status == 401:
+        return AuthenticationFailed(f"Ollama refused the request (401): {message}")
+    if status == 403:
+        return PermissionDenied(f"Ollama refused the request (403): {message}")
+    if status in (429, 503):
+        return Overloaded(f"Ollama is busy: {message}. Try again shortly, or raise OLLAMA_MAX_QUEUE.")
+    return UpstreamError(f"Ollama failed with HTTP {status}: {message}", status=500 if status >= 500 else 502)
