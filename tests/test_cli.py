@@ -1,0 +1,188 @@
+"""The `ccop` command line, run as a real process: flags, environment, config file, precedence, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import ccop
+from conftest import ccop_command
+
+FLAGS = [
+    "--config",
+    "--init",
+    "--force",
+    "--port",
+    "--host",
+    "--ollama-url",
+    "--model-map",
+    "--default-model",
+    "--strict-thinking",
+    "--verbose",
+    "--workers",
+    "--token-counting",
+    "--print-config",
+    "--version",
+    "-c",
+    "-p",
+    "-u",
+    "-m",
+    "-d",
+    "-v",
+]
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CCOP_")}
+    for key in ("PORT", "HOST", "OLLAMA_URL", "DEFAULT_MODEL"):
+        clean.pop(key, None)
+    clean.update(env or {})
+    return subprocess.run([*ccop_command(), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=60)
+
+
+def resolved(*args: str, cwd: Path, env: dict[str, str] | None = None) -> dict[str, object]:
+    result = run(*args, "--print-config", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def test_help_lists_every_flag(tmp_path: Path) -> None:
+    result = run("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in FLAGS:
+        assert flag in result.stdout, flag
+
+
+def test_version_matches_package(tmp_path: Path) -> None:
+    result = run("--version", cwd=tmp_path)
+    assert result.stdout.strip() == f"ccop {ccop.__version__}"
+
+
+def test_both_console_scripts_exist() -> None:
+    import shutil
+
+    if shutil.which("ccop") is None:
+        pytest.skip("console scripts are not on PATH in this environment")
+    assert shutil.which("claude-code-ollama-proxy") is not None
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = resolved(cwd=tmp_path)
+    assert settings["port"] == 3000
+    assert settings["host"] == "127.0.0.1"
+    assert settings["ollama_url"] == "http://localhost:11434"
+    assert settings["default_model"] == "llama3.1"
+    assert settings["workers"] == 1
+    assert settings["strict_thinking"] is False
+    assert settings["token_counting"] == "calibrated"
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    (tmp_path / "proxy.config.json").write_text(
+        json.dumps({"port": 4001, "defaultModel": "from-file", "host": "127.0.0.2", "workers": 3})
+    )
+    env = {"PORT": "4002", "DEFAULT_MODEL": "from-env"}
+    settings = resolved("--port", "4003", cwd=tmp_path, env=env)
+    assert settings["port"] == 4003  # flag beats env and file
+    assert settings["default_model"] == "from-env"  # env beats file
+    assert settings["host"] == "127.0.0.2"  # file beats default
+    assert settings["workers"] == 3
+    assert settings["ollama_url"] == "http://localhost:11434"  # default
+
+
+def test_every_env_var_is_read(tmp_path: Path) -> None:
+    env = {
+        "PORT": "4100",
+        "HOST": "0.0.0.0",
+        "OLLAMA_URL": "http://gpu-box:11434/",
+        "DEFAULT_MODEL": "qwen3-coder:30b",
+        "CCOP_MODEL_MAP": "claude-a=m1, claude-b=m2",
+        "CCOP_STRICT_THINKING": "true",
+        "CCOP_VERBOSE": "1",
+        "CCOP_WORKERS": "4",
+        "CCOP_TOKEN_COUNTING": "heuristic",
+    }
+    settings = resolved(cwd=tmp_path, env=env)
+    assert settings["port"] == 4100
+    assert settings["host"] == "0.0.0.0"
+    assert settings["ollama_url"] == "http://gpu-box:11434"
+    assert settings["default_model"] == "qwen3-coder:30b"
+    assert settings["model_map"] == {"claude-a": "m1", "claude-b": "m2"}
+    assert settings["strict_thinking"] is True
+    assert settings["verbose"] is True
+    assert settings["workers"] == 4
+    assert settings["token_counting"] == "heuristic"
+
+
+def test_flag_can_switch_off_an_env_boolean(tmp_path: Path) -> None:
+    settings = resolved("--no-strict-thinking", cwd=tmp_path, env={"CCOP_STRICT_THINKING": "true"})
+    assert settings["strict_thinking"] is False
+
+
+def test_model_maps_merge_across_layers(tmp_path: Path) -> None:
+    (tmp_path / "proxy.config.json").write_text(json.dumps({"modelMap": {"a": "file-a", "b": "file-b"}}))
+    settings = resolved("-m", "b=flag-b", "--model-map", "c=flag-c", cwd=tmp_path, env={"CCOP_MODEL_MAP": "a=env-a"})
+    assert settings["model_map"] == {"a": "env-a", "b": "flag-b", "c": "flag-c"}
+
+
+def test_explicit_config_path_and_env_config(tmp_path: Path) -> None:
+    config = tmp_path / "elsewhere.json"
+    config.write_text(json.dumps({"defaultModel": "explicit"}))
+    assert resolved("-c", str(config), cwd=tmp_path)["default_model"] == "explicit"
+    assert resolved(cwd=tmp_path, env={"CCOP_CONFIG": str(config)})["default_model"] == "explicit"
+
+
+def test_init_writes_a_usable_config_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    result = run("--init", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "proxy.config.json").read_text())
+    assert written["defaultModel"] == "llama3.1"
+    assert isinstance(written["modelMap"], dict) and written["modelMap"]
+    # The written file must load without errors.
+    settings = resolved(cwd=tmp_path)
+    assert settings["model_map"] == written["modelMap"]
+
+    (tmp_path / "proxy.config.json").write_text('{"port": 1234}')
+    again = run("--init", cwd=tmp_path)
+    assert again.returncode != 0
+    assert "already exists" in again.stderr
+    assert json.loads((tmp_path / "proxy.config.json").read_text()) == {"port": 1234}
+
+    forced = run("--init", "--force", cwd=tmp_path)
+    assert forced.returncode == 0
+    assert json.loads((tmp_path / "proxy.config.json").read_text())["defaultModel"] == "llama3.1"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "config", "expected"),
+    [
+        (["--port", "70000"], {}, None, "between 1 and 65535"),
+        (["--port", "abc"], {}, None, "whole number"),
+        (["-m", "no-equals-sign"], {}, None, "CLAUDE_MODEL=OLLAMA_MODEL"),
+        (["-m", "=x"], {}, None, "CLAUDE_MODEL=OLLAMA_MODEL"),
+        (["--workers", "0"], {}, None, "at least 1"),
+        ([], {"PORT": "0"}, None, "PORT"),
+        ([], {"OLLAMA_URL": "localhost:11434"}, None, "OLLAMA_URL"),
+        ([], {}, "{not json", "not valid JSON"),
+        ([], {}, '{"port": "3000"}', "'port'"),
+        ([], {}, '{"prot": 3000}', "unknown key 'prot'"),
+        ([], {}, "[1, 2]", "JSON object"),
+        (["-c", "missing.json"], {}, None, "cannot read config file"),
+    ],
+)
+def test_bad_values_exit_with_one_line_error(
+    tmp_path: Path, args: list[str], env: dict[str, str], config: str | None, expected: str
+) -> None:
+    if config is not None:
+        (tmp_path / "proxy.config.json").write_text(config)
+    result = run(*args, "--print-config", cwd=tmp_path, env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert lines[0].startswith("ccop: ")
