@@ -1,6 +1,6 @@
 //! Parsing of one Ollama `/api/chat` NDJSON line into a borrowed [`Chunk`].
 //!
-//! Shape (ollama-api.md §2): `{"model","created_at","message":{"role","content","thinking"?,"tool_calls"?},
+//! Shape (Ollama's `ChatResponse`): `{"model","created_at","message":{"role","content","thinking"?,"tool_calls"?},
 //! "done","done_reason"?, metrics…}`; mid-stream failures arrive as one more line `{"error": …}` (§3). Strings
 //! borrow from the line unless they contain escapes. Every field is optional and unknown fields are ignored, so
 //! newer Ollama versions that add fields keep working.

@@ -1,9 +1,9 @@
 //! Tool-call argument healing: turn whatever a model produced as "arguments" into a JSON object.
 //!
 //! Anthropic's `tool_use.input` must be an object, and so must Ollama's `tool_calls[].function.arguments` when the
-//! call is replayed in history (a string gives HTTP 400, ollama-api.md §1.2). Ollama normally hands us an object,
+//! call is replayed in history (a string gives HTTP 400). Ollama normally hands us an object,
 //! but older versions and some models produce a JSON-encoded *string* instead, sometimes encoded twice, or with
-//! backslash-escaped quotes, or wrapped in a Markdown code fence (ollama-api.md §2.4). The steps, in order:
+//! backslash-escaped quotes, or wrapped in a Markdown code fence. The steps, in order:
 //!
 //! - (a) already an object → unchanged ([`HealKind::Unchanged`]);
 //! - (b) a string whose text is a JSON object → parsed ([`HealKind::ParsedString`]);

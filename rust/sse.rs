@@ -1,7 +1,7 @@
 //! Server-sent-event framing for the Anthropic Messages stream.
 //!
-//! A frame is `event: <name>\ndata: <json>\n\n` (Anthropic's streaming format, ollama-anthropic-gaps.md §5).
-//! Claude Code rejects a stream whose frames lack the `event:` line (claude-code-traffic.md §7), so every frame
+//! A frame is `event: <name>\ndata: <json>\n\n` (Anthropic's streaming format, docs/STREAMING.md).
+//! Claude Code rejects a stream whose frames lack the `event:` line (observed with Claude Code 2.1), so every frame
 //! carries one.
 //!
 //! Everything appends to a caller-owned `Vec<u8>` so one buffer can collect many frames and go to the socket in

@@ -3,19 +3,19 @@
 //! The proxy always streams from Ollama's `/api/chat`. A [`Translator`] takes the raw upstream bytes and either
 //! writes Anthropic SSE frames (streaming requests) or only accumulates the answer for one final JSON message
 //! (non-streaming requests, `emit_sse = false`). The event sequence follows Anthropic's streaming format
-//! (ollama-anthropic-gaps.md §5) and fixes the gaps listed there:
+//! (docs/STREAMING.md) and gets right what a naive translation gets wrong:
 //!
 //! - content, thinking **and** tool calls are handled on every chunk, the final `done` chunk included (tool calls
-//!   arrive only there in llama-server mode, ollama-api.md §2.4);
+//!   arrive only there in llama-server mode);
 //! - thinking blocks get a stable `signature_delta`; later thinking after text opens a new thinking block;
 //! - each tool call is one `tool_use` block with exactly one `input_json_delta` holding the complete, healed
-//!   arguments (Claude Code ignores `content_block_start.input`, claude-code-traffic.md §7), and gets a unique id;
+//!   arguments (Claude Code ignores `content_block_start.input`), and gets a unique id;
 //! - stop sequences are matched here, so `stop_reason:"stop_sequence"` and the matched `stop_sequence` can be
 //!   reported (Ollama strips the match and cannot say which one matched);
 //! - `done_reason:"length"` below `max_tokens` becomes `model_context_window_exceeded` (a full context window, not
-//!   the client's limit; gaps §7 item 1);
+//!   the client's limit);
 //! - upstream `{"error": …}` lines, malformed lines and an early EOF become an Anthropic `error` event instead of
-//!   a silently truncated stream (gaps §7 item 12).
+//!   a silently truncated stream.
 //!
 //! Block indices start at 0, increase by one per block and are never reused. Consecutive text (or thinking)
 //! deltas for the open block within one [`Translator::feed`] call are coalesced into a single delta event.
@@ -368,7 +368,7 @@ impl Translator {
         }
     }
 
-    /// Anthropic stop reason for a done chunk (ollama-anthropic-gaps.md §4, with the context-window fix).
+    /// Anthropic stop reason for a done chunk (docs/API.md, "Response translation").
     fn map_done_reason(&self, done_reason: Option<&str>) -> &'static str {
         if self.blocks.iter().any(|block| matches!(block, Block::ToolUse { .. })) {
             return "tool_use";
@@ -574,7 +574,7 @@ impl Translator {
 /// The thinking signature: `ccop.` plus the 64-bit FNV-1a hash of the text in hex.
 ///
 /// Anthropic signs thinking blocks so they can be verified when sent back; Ollama has no such thing. Claude Code
-/// only echoes the signature (claude-code-traffic.md §4), so it just has to be stable: the same text always gives
+/// only echoes the signature, so it just has to be stable: the same text always gives
 /// the same signature, across processes and versions (hence a fixed hash, not `DefaultHasher`).
 pub fn signature(thinking: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -1,6 +1,6 @@
 //! The token estimator behind `/v1/messages/count_tokens` and the `message_start` input estimate.
 //!
-//! Ollama has no tokenize endpoint (ollama-api.md §7), so the proxy estimates. The rule is deliberately simple
+//! Ollama has no tokenize endpoint, so the proxy estimates. The rule is deliberately simple
 //! and fast: split text on Unicode whitespace; a word of up to 4 characters is 1 token, a longer word is
 //! `ceil(chars / 4)`. Prose lands near real BPE counts; code and JSON (long runs without spaces) count about
 //! chars/4, which is what tokenizers do with them too.
@@ -793,7 +793,7 @@ mod tests {
         }
     }
 
-    /// Shapes from `shared/claude-code-samples` (Claude Code 2.1.330), trimmed: top-level system blocks with
+    /// Shapes recorded from Claude Code 2.1.330 (tests/data), trimmed: top-level system blocks with
     /// `cache_control`, the mid-conversation `role:"system"` message with `output_config` (as a block list,
     /// a replayed plain string, and `--bare`'s empty list), `<system-reminder>` text blocks, a tool round trip
     /// with `tool_use_id` before `type`, and tools with `$schema`/`additionalProperties`/`defer_loading`.
