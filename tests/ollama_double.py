@@ -1,7 +1,7 @@
 """A faithful stand-in for an Ollama server, speaking its native wire format over real TCP.
 
-Ollama cannot run on the test machines, so the proxy's tests talk to this double instead. It follows the facts in
-Ollama's source and documentation: the request validation Ollama does (with its exact error texts and statuses), the field
+Ollama cannot run on the test machines, so the proxy's tests talk to this double instead. It follows Ollama's
+source and documentation: the request validation Ollama does (with its exact error texts and statuses), the field
 order and ``omitempty`` rules of its JSON, NDJSON streaming with one HTTP chunk per line, and the two tool-call modes
 (mid-stream chunks in "rendered" mode, everything in the final chunk in native llama-server mode).
 
