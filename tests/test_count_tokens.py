@@ -114,7 +114,9 @@ def test_endpoint_matches_the_python_api(client: anthropic.Anthropic, ollama: Ol
     }
     result = client.messages.count_tokens(**kwargs)
     assert result.input_tokens == ccop.count_request_tokens(kwargs)
-    assert not ollama.requests  # answered locally, Ollama never asked
+    # Answered locally: Ollama is never asked about the model, let alone to generate.
+    assert not ollama.chat_requests()
+    assert not [r for r in ollama.requests if r.json and r.json.get("model") == "never-used-model"]
 
 
 def test_endpoint_tolerates_query_and_recorded_claude_code_body(http: httpx.Client) -> None:
