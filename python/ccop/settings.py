@@ -21,6 +21,7 @@ import orjson
 
 __all__ = [
     "CONFIG_FILE_NAME",
+    "DEFAULT_NUM_CTX",
     "DEFAULTS",
     "OPTIONS",
     "SETTINGS_ENV",
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 CONFIG_FILE_NAME = "proxy.config.json"
+# Claude Code's prompt alone is 12–25k tokens; 32k leaves room for a conversation without needing a big GPU.
+DEFAULT_NUM_CTX = 32768
 # Carries the fully resolved settings from the CLI to Granian's worker processes.
 SETTINGS_ENV = "CCOP_SETTINGS"
 
@@ -54,6 +57,10 @@ class Settings:
     strict_thinking: bool = False
     verbose: bool = False
     workers: int = 1
+    # None: not configured, so the model's Modelfile num_ctx or DEFAULT_NUM_CTX applies.
+    num_ctx: int | None = None
+    model_num_ctx: Mapping[str, int] = field(default_factory=dict)
+    thinking_model: str | None = None
     token_counting: TokenCounting = "calibrated"
     # Seconds between SSE `ping` events while Ollama loads the model or processes the prompt.
     ping_interval: float = 5.0
@@ -63,6 +70,7 @@ class Settings:
     def to_json(self) -> bytes:
         data = dataclasses.asdict(self)
         data["model_map"] = dict(self.model_map)
+        data["model_num_ctx"] = dict(self.model_num_ctx)
         return orjson.dumps(data)
 
     @classmethod
@@ -105,15 +113,16 @@ class Settings:
             layers = [flags.get(option.name)]
             if option.env and option.env in environ:
                 layers.append(option.parse(environ[option.env], f"environment variable {option.env}"))
-            if option.config_key in file_values:
+            # null in the file means "not set here", like a missing key.
+            if file_values.get(option.config_key) is not None:
                 where = f"{used_path}: key {option.config_key!r}"
                 layers.append(option.check(file_values[option.config_key], where))
             given = [value for value in layers if value is not None]
             if not given:
                 continue
-            if option.kind == "map":
+            if option.kind in {"map", "int_map"}:
                 # Maps merge: each higher layer adds entries and overrides the same names below it.
-                merged: dict[str, str] = {}
+                merged: dict[str, Any] = {}
                 for layer in reversed(given):
                     merged.update(layer)
                 values[option.name] = merged
@@ -131,9 +140,10 @@ class Option:
     name: str
     config_key: str
     env: str | None
-    kind: str  # "str" | "int" | "bool" | "url" | "port" | "map" | "choice" | "float"
+    kind: str  # "str" | "int" | "bool" | "url" | "port" | "map" | "int_map" | "choice" | "float"
     help: str
     choices: tuple[str, ...] = ()
+    minimum: int = 0
 
     def parse(self, raw: str, where: str) -> Any:
         """Parse a string from the environment."""
@@ -155,9 +165,14 @@ class Option:
                 return self.check(float(raw.strip()), where)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
-        if self.kind == "map":
-            entries = [part for part in re.split(r"[,\s]+", raw) if part]
-            return dict(parse_model_map_entry(entry, where) for entry in entries)
+        if self.kind in {"map", "int_map"}:
+            entries = [parse_model_map_entry(part, where) for part in re.split(r"[,\s]+", raw) if part]
+            if self.kind == "map":
+                return dict(entries)
+            try:
+                return self.check({model: int(value) for model, value in entries}, where)
+            except ValueError:
+                raise ConfigError(f"{where}: expected MODEL=NUMBER entries, got {raw!r}") from None
         return self.check(raw, where)
 
     def check(self, value: Any, where: str) -> Any:
@@ -171,8 +186,8 @@ class Option:
                 raise ConfigError(f"{where}: expected a whole number, got {value!r}")
             if self.kind == "port" and not 1 <= value <= 65535:
                 raise ConfigError(f"{where}: port must be between 1 and 65535, got {value}")
-            if self.name == "workers" and value < 1:
-                raise ConfigError(f"{where}: workers must be at least 1, got {value}")
+            if value < self.minimum:
+                raise ConfigError(f"{where}: must be at least {self.minimum}, got {value}")
             return value
         if self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -183,6 +198,13 @@ class Option:
                 isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
             ):
                 raise ConfigError(f"{where}: expected an object of non-empty model names, got {value!r}")
+            return dict(value)
+        if self.kind == "int_map":
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for k, v in value.items()
+            ):
+                raise ConfigError(f"{where}: expected an object of model names to whole numbers >= 0, got {value!r}")
             return dict(value)
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
@@ -210,7 +232,30 @@ OPTIONS: tuple[Option, ...] = (
         "Reject thinking requests for models that cannot think (400) instead of dropping thinking.",
     ),
     Option("verbose", "verbose", "CCOP_VERBOSE", "bool", "Debug logging, including prompt and response text."),
-    Option("workers", "workers", "CCOP_WORKERS", "int", "Worker processes; use more for many agents at once."),
+    Option(
+        "workers", "workers", "CCOP_WORKERS", "int", "Worker processes; use more for many agents at once.", minimum=1
+    ),
+    Option(
+        "num_ctx",
+        "numCtx",
+        "CCOP_NUM_CTX",
+        "int",
+        "Context window sent to Ollama for every model (capped at its trained length); 0 lets Ollama decide.",
+    ),
+    Option(
+        "model_num_ctx",
+        "modelNumCtx",
+        "CCOP_MODEL_NUM_CTX",
+        "int_map",
+        "Context window per Ollama model, MODEL=N; overrides numCtx for that model.",
+    ),
+    Option(
+        "thinking_model",
+        "thinkingModel",
+        "CCOP_THINKING_MODEL",
+        "str",
+        "Ollama model for requests that ask for thinking when the mapped model cannot think.",
+    ),
     Option(
         "token_counting",
         "tokenCounting",
