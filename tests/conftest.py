@@ -109,6 +109,7 @@ def ollama() -> Iterator[OllamaDouble]:
     double = OllamaDouble()
     # A harmony-format model: it thinks in levels (low/medium/high) rather than on/off.
     double.add_model(ModelSpec("gpt-oss:20b", capabilities=["completion", "tools", "thinking"], architecture="gptoss"))
+    double.add_model(ModelSpec("qwen2.5vl:7b", capabilities=["completion", "tools", "vision"], architecture="qwen25vl"))
     double.start()
     yield double
     double.stop()

@@ -139,6 +139,7 @@ def test_url_image_is_a_clear_400(client: anthropic.Anthropic, ollama: OllamaDou
 def test_tool_round_trip_translation(client: anthropic.Anthropic, ollama: OllamaDouble) -> None:
     send(
         client,
+        model="qwen2.5vl:7b",
         tools=[
             {
                 "name": "Read",

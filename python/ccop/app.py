@@ -11,6 +11,8 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import orjson
@@ -18,12 +20,14 @@ import orjson
 from ccop import __version__
 from ccop._types import Receive, Scope, Send
 from ccop.calibration import Calibration
+from ccop.catalog import ModelCatalog
 from ccop.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError
 from ccop.logs import configure_logging
 from ccop.messages import MessagesService, RequestRecord
+from ccop.model_list import find_entry, list_page, model_entries
 from ccop.responses import ClientDisconnected, read_body, send_bytes, send_error, send_json
 from ccop.settings import Settings
-from ccop.upstream import create_client
+from ccop.upstream import create_client, unreachable
 
 __all__ = ["ProxyApp", "create_app"]
 
@@ -43,12 +47,19 @@ class ProxyApp:
         self.calibration = Calibration(enabled=settings.token_counting == "calibrated")
         self._client: httpx.AsyncClient | None = None
         self._messages: MessagesService | None = None
+        self._catalog: ModelCatalog | None = None
 
     # -- lifespan ------------------------------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        self._client = create_client(self.settings.ollama_url)
-        self._messages = MessagesService(self.settings, self._client, self.calibration)
+        self._open()
+
+    def _open(self) -> httpx.AsyncClient:
+        client = create_client(self.settings.ollama_url)
+        self._client = client
+        self._catalog = ModelCatalog(client)
+        self._messages = MessagesService(self.settings, client, self.calibration, self._catalog)
+        return client
 
     async def shutdown(self) -> None:
         if self._client is not None:
@@ -59,9 +70,14 @@ class ProxyApp:
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             # Servers without lifespan support (or a test calling the app directly) still get a working client.
-            self._client = create_client(self.settings.ollama_url)
-            self._messages = MessagesService(self.settings, self._client, self.calibration)
+            return self._open()
         return self._client
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        _ = self.client
+        assert self._catalog is not None
+        return self._catalog
 
     @property
     def messages(self) -> MessagesService:
@@ -122,7 +138,10 @@ class ProxyApp:
             self._log(request_id, method, path, status, record, started)
 
     def _route(self, method: str, path: str) -> Handler:
-        methods = ROUTES.get(path.rstrip("/") or "/")
+        path = _canonical_path(path)
+        methods = ROUTES.get(path)
+        if methods is None and path.startswith("/v1/models/"):
+            methods = {"GET": _model}
         if methods is None:
             raise NotFound(
                 f"no route for {method} {path}; this proxy serves /v1/messages and /v1/messages/count_tokens"
@@ -203,11 +222,50 @@ async def _count_tokens(
     await app.messages.count_tokens(body, send, request_id, record)
 
 
+async def _installed_entries(app: ProxyApp) -> list[dict[str, Any]]:
+    installed = await app.catalog.installed()
+    if installed is None:
+        raise unreachable(app.settings.ollama_url, ConnectionError("/api/tags did not answer"))
+    return model_entries(installed, app.settings.model_map)
+
+
+async def _models(app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord) -> None:
+    page = list_page(await _installed_entries(app), scope.get("query_string", b""))
+    await send_json(send, 200, page, head=scope["method"] == "HEAD")
+
+
+async def _model(app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord) -> None:
+    model_id = unquote(_canonical_path(scope["path"]).removeprefix("/v1/models/"))
+    entry = find_entry(await _installed_entries(app), model_id)
+    await send_json(send, 200, entry, head=scope["method"] == "HEAD")
+
+
+async def _accepted(
+    app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord
+) -> None:
+    """Telemetry and probes Claude Code sends to its base URL: answered, so they do not turn into 404 floods."""
+    await read_body(receive, MAX_BODY_BYTES)
+    await send_json(send, 200, {}, head=scope["method"] == "HEAD")
+
+
+def _canonical_path(path: str) -> str:
+    """Forgive the common base-URL mistakes: `…/v1` as the base (`/v1/v1/messages`) or no `/v1` (`/messages`)."""
+    path = path.rstrip("/") or "/"
+    if path.startswith("/v1/v1/"):
+        return path[3:]
+    if path.startswith("/messages"):
+        return "/v1" + path
+    return path
+
+
 ROUTES: dict[str, dict[str, Handler]] = {
     "/": {"GET": _root},
     "/health": {"GET": _health},
     "/v1/messages": {"POST": _messages},
     "/v1/messages/count_tokens": {"POST": _count_tokens},
+    "/v1/models": {"GET": _models},
+    "/api/hello": {"GET": _accepted},
+    "/api/event_logging/batch": {"POST": _accepted},
 }
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ccop import __version__
+from ccop.diagnostics import probe
 from ccop.settings import (
     CONFIG_FILE_NAME,
     DEFAULTS,
+    SETTINGS_ENV,
     ConfigError,
     Settings,
     default_config_document,
@@ -55,10 +58,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ccop: {message} (see ccop --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _model_num_ctx(raw: str) -> tuple[str, int]:
+    model, sep, value = raw.rpartition("=")
+    if not sep or not model or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected MODEL=TOKENS, got {raw!r}")
+    return model, int(value)
+
+
+def _non_negative_int(raw: str) -> int:
+    if not raw.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {raw!r}")
+    return int(raw)
+
+
+def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="ccop",
-        description="Serve the Anthropic Messages API (Claude Code's API) on top of a local Ollama.",
+        prog=prog,
+        description="Serve the Anthropic Messages API (Claude Code's API) on top of a local Ollama. "
+        "`ccop doctor` checks the Ollama side of the set-up instead.",
         epilog="Precedence: flag > environment variable > config file > default. See docs/CLI.md.",
     )
     add = parser.add_argument
@@ -103,6 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--workers", type=_positive_int, metavar="N", help="worker processes (env CCOP_WORKERS, default 1)")
     add(
+        "--num-ctx",
+        type=_non_negative_int,
+        metavar="TOKENS",
+        help="context window sent to Ollama for every model, capped at the model's trained length; 0 lets Ollama "
+        "decide (env CCOP_NUM_CTX; default: the Modelfile's num_ctx, else 32768)",
+    )
+    add(
+        "--model-num-ctx",
+        type=_model_num_ctx,
+        action="append",
+        metavar="MODEL=TOKENS",
+        help="context window for one Ollama model; repeatable (env CCOP_MODEL_NUM_CTX, comma separated)",
+    )
+    add(
+        "--thinking-model",
+        metavar="MODEL",
+        help="Ollama model for requests that ask for thinking when the mapped model cannot think "
+        "(env CCOP_THINKING_MODEL)",
+    )
+    add(
         "--token-counting",
         choices=("calibrated", "heuristic"),
         help="calibrated: learn each model's ratio from Ollama's counts; heuristic: the plain word rule "
@@ -123,6 +160,9 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "strict_thinking": args.strict_thinking,
         "verbose": args.verbose,
         "workers": args.workers,
+        "num_ctx": args.num_ctx,
+        "model_num_ctx": dict(args.model_num_ctx) if args.model_num_ctx else None,
+        "thinking_model": args.thinking_model,
         "token_counting": args.token_counting,
     }
 
@@ -149,19 +189,55 @@ def banner(settings: Settings) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.init:
-        return _init(Path(args.config or CONFIG_FILE_NAME), args.force)
+def _settings(args: argparse.Namespace) -> Settings | None:
     try:
-        settings = Settings.resolve(_flags(args), os.environ, config_path=args.config)
+        return Settings.resolve(_flags(args), os.environ, config_path=args.config)
     except ConfigError as exc:
         print(f"ccop: {exc}", file=sys.stderr)
+        return None
+
+
+def doctor(argv: Sequence[str]) -> int:
+    """`ccop doctor`: check Ollama and every configured model; exit 1 when something needs fixing."""
+    settings = _settings(build_parser("ccop doctor").parse_args(argv))
+    if settings is None:
+        return 2
+    report = probe(settings)
+    print(f"ccop {__version__} doctor: Ollama at {settings.ollama_url}")
+    for check in report.checks:
+        mark = "ok  " if check.ok else ("note" if check.warning else "FAIL")
+        print(f"  {mark} {check.text}")
+        if check.fix and not check.ok:
+            print(f"       fix: {check.fix}")
+    print("all good" if report.healthy else "problems found: apply the fixes above, then run `ccop doctor` again")
+    return 0 if report.healthy else 1
+
+
+def _report_ollama_in_background(settings: Settings) -> None:
+    """The start-up summary, so a slow or absent Ollama never delays serving.
+
+    It runs in a child process, not a thread: Granian forks its workers, and a thread holding a lock (stdout's,
+    the connection pool's) at that moment would leave the lock held forever in the worker.
+    """
+    environment = {**os.environ, SETTINGS_ENV: settings.to_json().decode()}
+    subprocess.Popen([sys.executable, "-m", "ccop.diagnostics"], env=environment, stdin=subprocess.DEVNULL)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["doctor"]:
+        return doctor(arguments[1:])
+    args = build_parser().parse_args(arguments)
+    if args.init:
+        return _init(Path(args.config or CONFIG_FILE_NAME), args.force)
+    settings = _settings(args)
+    if settings is None:
         return 2
     if args.print_config:
         print(settings.to_json().decode())
         return 0
     print(banner(settings), flush=True)
+    _report_ollama_in_background(settings)
 
     from ccop.server import serve
 

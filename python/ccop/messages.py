@@ -15,8 +15,9 @@ import orjson
 from ccop._core import InvalidJsonError, StreamTranslator, count_request_tokens
 from ccop._types import Receive, Send
 from ccop.calibration import Calibration
+from ccop.catalog import ModelCatalog, ModelInfo, not_installed
 from ccop.errors import InvalidRequest, ProxyError, UpstreamError
-from ccop.models import map_model, takes_think_levels, thinks_by_name
+from ccop.models import map_model
 from ccop.responses import send_bytes, send_json
 from ccop.settings import Settings
 from ccop.streaming import ClientGone, RelayOutcome, SseStream, idle_watchdog, relay, watch_disconnect
@@ -74,18 +75,45 @@ def _new_message_id() -> str:
 class MessagesService:
     """The two message endpoints of one worker, sharing its Ollama client and calibration."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient, calibration: Calibration) -> None:
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, calibration: Calibration, catalog: ModelCatalog
+    ) -> None:
         self.settings = settings
         self.client = client
         self.calibration = calibration
+        self.catalog = catalog
         self.idle_timeout = 600.0
 
-    def _traits(self, ollama_model: str) -> ModelTraits:
-        return ModelTraits(thinks=thinks_by_name(ollama_model), takes_think_levels=takes_think_levels(ollama_model))
+    async def _choose_model(self, request: dict[str, Any]) -> tuple[str, ModelInfo]:
+        """The Ollama model that serves the request, and what it can do; unknown models fail here, before streaming."""
+        requested = request["model"]
+        model = map_model(requested, self.settings.model_map, self.settings.default_model)
+        info = await self.catalog.info(model, requested=requested)
+        if info is None:
+            # Ollama could not be asked; go on with what the name tells, and let `/api/chat` have the last word.
+            info = ModelInfo(model, capabilities=None)
+        wants_thinking = (request.get("thinking") or {}).get("type") == "enabled"
+        thinking_model = self.settings.thinking_model
+        if wants_thinking and not info.thinks and thinking_model and thinking_model != model:
+            logger.info("thinking requested: %s cannot think, using %s", model, thinking_model)
+            model = thinking_model
+            info = await self.catalog.info(model, requested=requested) or ModelInfo(model, capabilities=None)
+        return model, info
+
+    async def _check_tools(self, plan: ChatPlan, info: ModelInfo) -> None:
+        if "tools" not in plan.body or info.tools:
+            return
+        capable = await self.catalog.with_tools()
+        hint = f" Models here that can: {', '.join(capable[:5])}." if capable else ""
+        raise InvalidRequest(
+            f"model {info.name!r} cannot call tools, and this request offers tools.{hint} Map the request to a "
+            "model with the `tools` capability (--model-map / --default-model)."
+        )
 
     async def count_tokens(self, body: bytes, send: Send, request_id: str, record: RequestRecord) -> None:
         request = validate_count_tokens_request(_parse_json(body))
         record.model = request["model"]
+        # No Ollama call here: count_tokens must stay fast, and a model that is not installed still has a count.
         record.ollama_model = map_model(request["model"], self.settings.model_map, self.settings.default_model)
         raw = await _count(body)
         record.input_tokens = self.calibration.apply(record.ollama_model, raw)
@@ -96,21 +124,27 @@ class MessagesService:
     async def create(self, body: bytes, receive: Receive, send: Send, request_id: str, record: RequestRecord) -> None:
         request = validate_messages_request(_parse_json(body))
         record.model = request["model"]
-        ollama_model = map_model(request["model"], self.settings.model_map, self.settings.default_model)
+        ollama_model, info = await self._choose_model(request)
         record.ollama_model = ollama_model
-        plan = build_chat_request(
-            request,
-            ollama_model=ollama_model,
-            traits=self._traits(ollama_model),
-            strict_thinking=self.settings.strict_thinking,
+        num_ctx = info.num_ctx(self.settings.num_ctx, self.settings.model_num_ctx)
+        traits = ModelTraits(
+            thinks=info.thinks, takes_think_levels=info.takes_think_levels, vision=info.vision, num_ctx=num_ctx
         )
+        plan = build_chat_request(
+            request, ollama_model=ollama_model, traits=traits, strict_thinking=self.settings.strict_thinking
+        )
+        await self._check_tools(plan, info)
         for note in plan.notes:
-            logger.info("%s %s", request_id, note)
+            logger.warning("%s %s", request_id, note)
         raw_estimate = await _count(body)
+        estimate = self.calibration.apply(ollama_model, raw_estimate)
+        if num_ctx is not None and estimate > num_ctx:
+            # Claude Code compacts the conversation when it reads exactly this wording.
+            raise InvalidRequest(f"prompt is too long: {estimate} tokens > {num_ctx} maximum")
         translator = StreamTranslator(
             message_id=_new_message_id(),
             model=request["model"],
-            input_tokens_estimate=self.calibration.apply(ollama_model, raw_estimate),
+            input_tokens_estimate=estimate,
             max_tokens=plan.max_tokens,
             stop_sequences=plan.stop_sequences,
             emit_sse=plan.stream,
@@ -153,11 +187,12 @@ class MessagesService:
                 response = opening.result()
             except httpx.TransportError as exc:
                 raise unreachable(self.settings.ollama_url, exc) from None
+            if response.status_code == 404:
+                # The model went away since it was looked up (ollama rm): forget it and say what is installed.
+                self.catalog.forget(plan.ollama_model)
+                raise not_installed(plan.ollama_model, await self.catalog.installed(), record.model)
             if response.status_code != 200:
-                error_body = await response.aread()
-                raise await error_from_response(
-                    self.client, response.status_code, error_body, plan.ollama_model, record.model
-                )
+                raise error_from_response(response.status_code, await response.aread(), plan.ollama_model)
             if sse is not None and not sse.started:
                 await sse.start(translator.start())
 

@@ -38,6 +38,9 @@ class ModelTraits:
 
     thinks: bool
     takes_think_levels: bool = False
+    vision: bool = True
+    # The context window to request; None leaves it to Ollama.
+    num_ctx: int | None = None
 
 
 @dataclass
@@ -139,7 +142,7 @@ def _tool_result_content(block: dict[str, Any], where: str, notes: list[str]) ->
 
 
 def _translate_user(
-    message: dict[str, Any], where: str, tool_names: Mapping[str, str], notes: list[str]
+    message: dict[str, Any], where: str, tool_names: Mapping[str, str], notes: list[str], vision: bool
 ) -> list[dict[str, Any]]:
     content = message["content"]
     if isinstance(content, str):
@@ -153,9 +156,16 @@ def _translate_user(
         if kind == "text":
             texts.append(block["text"])
         elif kind == "image":
-            images.append(_image_data(block, block_where))
+            data = _image_data(block, block_where)
+            if vision:
+                images.append(data)
+            else:
+                texts.append(_image_note(notes))
         elif kind == "tool_result":
             text, result_images = _tool_result_content(block, block_where, notes)
+            if result_images and not vision:
+                text = "\n".join([text, *(_image_note(notes) for _ in result_images)]).strip("\n")
+                result_images = []
             tool_message: dict[str, Any] = {"role": "tool", "content": text, "tool_call_id": block["tool_use_id"]}
             name = tool_names.get(block["tool_use_id"])
             if name:
@@ -176,6 +186,11 @@ def _translate_user(
             user["images"] = images
         result.append(user)
     return result
+
+
+def _image_note(notes: list[str]) -> str:
+    notes.append("image replaced by a note: the model cannot see images")
+    return "[image omitted: this model cannot see images]"
 
 
 def _translate_assistant(message: dict[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -312,7 +327,7 @@ def build_chat_request(
                 tool_names[call["id"]] = call["function"]["name"]
             messages.append(translated)
         elif role == "user":
-            messages.extend(_translate_user(message, f"messages.{index}", tool_names, notes))
+            messages.extend(_translate_user(message, f"messages.{index}", tool_names, notes, traits.vision))
         else:
             system_message = _translate_system_message(message)
             if system_message is not None:
@@ -330,6 +345,9 @@ def build_chat_request(
         notes.append(f"thinking dropped: {ollama_model} cannot think")
 
     options: dict[str, Any] = {"num_predict": body["max_tokens"]}
+    if traits.num_ctx is not None:
+        # The same value on every request for a model: a different num_ctx makes Ollama reload it.
+        options["num_ctx"] = traits.num_ctx
     for key in ("temperature", "top_p", "top_k"):
         if body.get(key) is not None:
             options[key] = body[key]
@@ -343,6 +361,9 @@ def build_chat_request(
         # Explicit, because Ollama turns thinking on by default for every model that can think.
         "think": think,
         "options": options,
+        # Without this Ollama silently drops the oldest messages of a prompt that does not fit; an error lets the
+        # client compact the conversation instead.
+        "truncate": False,
     }
     if not choice or choice.get("type") != "none":
         tools = _tools(body, notes)

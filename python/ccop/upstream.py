@@ -10,14 +10,13 @@ import orjson
 from ccop.errors import (
     AuthenticationFailed,
     InvalidRequest,
-    NotFound,
     Overloaded,
     PermissionDenied,
     ProxyError,
     UpstreamError,
 )
 
-__all__ = ["CONNECT_TIMEOUT", "create_client", "error_from_response", "installed_models", "unreachable"]
+__all__ = ["CONNECT_TIMEOUT", "create_client", "error_from_response", "unreachable"]
 
 # Ollama runs next to the proxy: if it does not accept a connection within seconds it is not running.
 CONNECT_TIMEOUT = 5.0
@@ -41,16 +40,6 @@ def unreachable(ollama_url: str, exc: Exception) -> UpstreamError:
     )
 
 
-async def installed_models(client: httpx.AsyncClient) -> list[str] | None:
-    """Names from `/api/tags`, or None when Ollama cannot say."""
-    try:
-        response = await client.get("/api/tags", timeout=5.0)
-        response.raise_for_status()
-        return [str(model["name"]) for model in orjson.loads(response.content).get("models", [])]
-    except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return None
-
-
 def _ollama_message(body: bytes) -> str:
     try:
         data = orjson.loads(body)
@@ -62,20 +51,12 @@ def _ollama_message(body: bytes) -> str:
     return body.decode("utf-8", "replace")[:500]
 
 
-async def error_from_response(
-    client: httpx.AsyncClient, status: int, body: bytes, ollama_model: str, requested_model: str
-) -> ProxyError:
-    """Map an Ollama error reply (sent before any stream byte) to the error the client sees."""
+def error_from_response(status: int, body: bytes, ollama_model: str) -> ProxyError:
+    """Map an Ollama error reply (sent before any stream byte) to the error the client sees.
+
+    A 404 (model not found) is left to the caller, which knows the installed models.
+    """
     message = _ollama_message(body)
-    if status == 404:
-        installed = await installed_models(client)
-        listing = ", ".join(installed) if installed else "none"
-        alias = f" (requested as {requested_model!r})" if requested_model != ollama_model else ""
-        return NotFound(
-            f"model {ollama_model!r}{alias} is not installed in Ollama. Installed models: {listing}. "
-            f"Pull it with `ollama pull {ollama_model}` or map the name to an installed model with "
-            "--model-map / --default-model."
-        )
     overflow = _CONTEXT_OVERFLOW.search(message)
     if overflow:
         # The wording Claude Code reacts to by compacting the conversation.

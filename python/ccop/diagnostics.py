@@ -1,0 +1,222 @@
+"""Checks of the Ollama side of the set-up: for `ccop doctor` and the start-up summary.
+
+Each check says what it found and, when something is wrong, the exact command or setting that fixes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+
+from ccop.catalog import ModelInfo, parse_show
+from ccop.settings import Settings
+
+__all__ = ["Check", "Report", "probe", "startup_lines"]
+
+# Claude Code's prompt alone is 12–25k tokens (about 1k with --bare): a smaller window cannot hold a session.
+MIN_USEFUL_CONTEXT = 16384
+
+
+@dataclass
+class Check:
+    ok: bool
+    text: str
+    fix: str | None = None
+    # A note that does not fail the check (e.g. num_ctx capped at the trained length).
+    warning: bool = False
+
+
+@dataclass
+class ModelReport:
+    role: str  # "default model", "claude-haiku-5-5 →", "thinking model"
+    name: str
+    installed: bool
+    info: ModelInfo | None = None
+    num_ctx: int | None = None
+
+
+@dataclass
+class Report:
+    url: str
+    reachable: bool = False
+    error: str | None = None
+    version: str | None = None
+    installed: list[str] = field(default_factory=list)
+    tool_models: list[str] = field(default_factory=list)
+    models: list[ModelReport] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return all(check.ok or check.warning for check in self.checks)
+
+
+def _resolve_installed(name: str, installed: list[str]) -> str | None:
+    lowered = {item.lower(): item for item in installed}
+    return lowered.get(name.lower()) or lowered.get(f"{name.lower()}:latest")
+
+
+def _models_to_check(settings: Settings) -> list[tuple[str, str]]:
+    roles = [("default model", settings.default_model)]
+    roles += [(f"{alias} →", target) for alias, target in sorted(settings.model_map.items())]
+    if settings.thinking_model:
+        roles.append(("thinking model", settings.thinking_model))
+    return roles
+
+
+def probe(settings: Settings, *, timeout: float = 5.0) -> Report:
+    """Ask Ollama about itself and every model the configuration names."""
+    report = Report(url=settings.ollama_url)
+    with httpx.Client(base_url=settings.ollama_url, timeout=timeout, trust_env=False) as client:
+        try:
+            version = client.get("/api/version")
+            version.raise_for_status()
+            report.version = str(orjson.loads(version.content).get("version"))
+            tags = client.get("/api/tags")
+            tags.raise_for_status()
+            entries = orjson.loads(tags.content).get("models", [])
+        except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
+            report.error = str(exc) or type(exc).__name__
+            _judge(settings, report)
+            return report
+        report.reachable = True
+        report.installed = [str(entry.get("name")) for entry in entries]
+        report.tool_models = [
+            str(entry.get("name")) for entry in entries if "tools" in (entry.get("capabilities") or ())
+        ]
+        for role, name in _models_to_check(settings):
+            resolved = _resolve_installed(name, report.installed)
+            model = ModelReport(role, name, installed=resolved is not None)
+            if resolved is not None:
+                try:
+                    show = client.post("/api/show", content=orjson.dumps({"model": resolved}))
+                    if show.status_code == 200:
+                        model.info = parse_show(name, orjson.loads(show.content))
+                        model.num_ctx = model.info.num_ctx(settings.num_ctx, settings.model_num_ctx)
+                except (httpx.HTTPError, orjson.JSONDecodeError):
+                    pass
+            report.models.append(model)
+    _judge(settings, report)
+    return report
+
+
+def _judge(settings: Settings, report: Report) -> None:
+    checks = report.checks
+    if settings.ollama_url.rstrip("/").endswith("/v1"):
+        checks.append(
+            Check(
+                False,
+                f"the Ollama URL {settings.ollama_url} ends in /v1; the proxy talks to Ollama's native API at its root",
+                f"--ollama-url {settings.ollama_url.rstrip('/').removesuffix('/v1')}",
+            )
+        )
+    if not report.reachable:
+        checks.append(
+            Check(
+                False,
+                f"Ollama is not reachable at {settings.ollama_url} ({report.error})",
+                "start it with `ollama serve`, or point the proxy at it with --ollama-url URL",
+            )
+        )
+        return
+    checks.append(Check(True, f"Ollama {report.version} is reachable at {settings.ollama_url}"))
+    if report.version and _older_than(report.version, (0, 30)):
+        checks.append(
+            Check(
+                False,
+                f"Ollama {report.version} does not report model capabilities (0.30 or newer does); the proxy then "
+                "guesses them from model names",
+                "upgrade Ollama",
+                warning=True,
+            )
+        )
+    checks.append(Check(bool(report.installed), f"{len(report.installed)} models installed", "ollama pull qwen3:8b"))
+    for model in report.models:
+        label = f"{model.role} {model.name}"
+        if not model.installed:
+            checks.append(Check(False, f"{label}: not installed", f"ollama pull {model.name}"))
+            continue
+        info = model.info
+        if info is None:
+            checks.append(Check(True, f"{label}: installed (capabilities unknown)"))
+            continue
+        traits = ["tools" if info.tools else "no tools", "thinking" if info.thinks else "no thinking"]
+        if info.vision and info.capabilities is not None:
+            traits.append("vision")
+        window = f"context {model.num_ctx}" if model.num_ctx else "context left to Ollama"
+        if info.context_length:
+            window += f" (trained {info.context_length})"
+        checks.append(Check(True, f"{label}: installed, {', '.join(traits)}, {window}"))
+        if not info.tools:
+            suggestion = f", e.g. {report.tool_models[0]}" if report.tool_models else ""
+            checks.append(
+                Check(
+                    False,
+                    f"{label} cannot call tools, which Claude Code needs for nearly every turn",
+                    f"map it to a model with tools{suggestion} (--default-model / --model-map)",
+                )
+            )
+        configured = settings.model_num_ctx.get(model.name, settings.num_ctx)
+        if configured and info.context_length and configured > info.context_length:
+            checks.append(
+                Check(
+                    False,
+                    f"{label}: the configured context {configured} exceeds the model's trained "
+                    f"{info.context_length}; the proxy sends {info.context_length}",
+                    warning=True,
+                )
+            )
+        if model.num_ctx and model.num_ctx < MIN_USEFUL_CONTEXT:
+            trained_too_short = info.context_length is not None and info.context_length < MIN_USEFUL_CONTEXT
+            fix = (
+                "use a model trained for a longer context (32k or more)"
+                if trained_too_short
+                else "--num-ctx 32768 (or more, as your GPU memory allows)"
+            )
+            checks.append(
+                Check(
+                    False,
+                    f"{label}: a context of {model.num_ctx} tokens cannot hold Claude Code's prompt (12–25k tokens)",
+                    fix,
+                )
+            )
+
+
+def _older_than(version: str, minimum: tuple[int, ...]) -> bool:
+    try:
+        parts = tuple(int(part) for part in version.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return parts != (0, 0) and parts < minimum
+
+
+def startup_lines(settings: Settings) -> list[str]:
+    """A short summary for the banner, plus a warning line per problem."""
+    report = probe(settings, timeout=3.0)
+    if not report.reachable:
+        return [
+            f"warning: Ollama is not reachable at {settings.ollama_url} yet ({report.error}); requests will fail "
+            "until it runs (`ollama serve`)"
+        ]
+    default = report.models[0]
+    if default.installed and default.info is not None:
+        context = f"context {default.num_ctx}" if default.num_ctx else "context left to Ollama"
+        state = f"default model {default.name} installed, {context}"
+    elif default.installed:
+        state = f"default model {default.name} installed"
+    else:
+        state = f"default model {default.name} NOT installed"
+    lines = [f"Ollama {report.version} · {len(report.installed)} models · {state}"]
+    for check in report.checks:
+        if not check.ok:
+            fix = f" — fix: {check.fix}" if check.fix else ""
+            lines.append(f"warning: {check.text}{fix}")
+    return lines
+
+
+if __name__ == "__main__":
+    # The CLI runs this as a child process at start-up, with the resolved settings in CCOP_SETTINGS.
+    for line in startup_lines(Settings.for_worker()):
+        print(line, flush=True)
