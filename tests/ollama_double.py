@@ -1788,7 +1788,12 @@ class OllamaDouble:
         spec = self.get_model(name)
         if spec is None:
             return 404, {"error": f"model '{name}' not found"}
-        return 200, _show_body(spec)
+        body = _show_body(spec)
+        version = _version_tuple(self.version)
+        if version < (0, 6, 4) and version != (0, 0, 0):
+            # `capabilities` joined /api/show in 0.6.4; older servers leave clients to guess.
+            del body["capabilities"]
+        return 200, body
 
     # -- /api/chat ---------------------------------------------------------------------------------------------------
 

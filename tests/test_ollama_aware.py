@@ -59,6 +59,26 @@ def test_thinking_follows_reported_capabilities(
     assert ollama.chat_requests()[-1]["think"] is True
 
 
+def test_old_servers_fall_back_to_name_rules(
+    ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]
+) -> None:
+    ollama.version = "0.5.7"
+    try:
+        proxy = launch(ollama, tmp_path, own_proxy)
+        thinking = {"thinking": {"type": "enabled", "budget_tokens": 2048}}
+        assert post(proxy, chat_body("qwen3:8b", **thinking)).status_code == 200
+        assert ollama.chat_requests()[-1]["think"] is True  # qwen3 thinks by name
+        assert post(proxy, chat_body("llama3.1", **thinking)).status_code == 200
+        assert ollama.chat_requests()[-1]["think"] is False
+        tools = [{"name": "Read", "input_schema": {"type": "object", "properties": {}}}]
+        # Without capabilities the proxy cannot know; Ollama's own 400 answers.
+        response = post(proxy, chat_body("gemma2", tools=tools))
+        assert response.status_code == 400
+        assert "does not support tools" in response.json()["error"]["message"]
+    finally:
+        ollama.version = "0.33.0"
+
+
 def test_capabilities_are_asked_once_per_model(
     ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]
 ) -> None:
