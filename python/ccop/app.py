@@ -21,7 +21,7 @@ from ccop import __version__
 from ccop._types import Receive, Scope, Send
 from ccop.calibration import Calibration
 from ccop.catalog import ModelCatalog
-from ccop.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError
+from ccop.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, NotFound, ProxyError
 from ccop.logs import configure_logging
 from ccop.messages import MessagesService, RequestRecord
 from ccop.model_list import find_entry, list_page, model_entries
@@ -118,7 +118,8 @@ class ProxyApp:
         try:
             handler = self._route(method, path)
             await handler(self, scope, receive, send, request_id, record)
-        except ProxyError as error:
+        except ProxyError as raised:
+            error = _for_client(raised, scope)
             status = error.status
             record.outcome = error.message
             await send_error(send, error, request_id, head=head)
@@ -246,6 +247,24 @@ async def _accepted(
     """Telemetry and probes Claude Code sends to its base URL: answered, so they do not turn into 404 floods."""
     await read_body(receive, MAX_BODY_BYTES)
     await send_json(send, 200, {}, head=scope["method"] == "HEAD")
+
+
+def _is_claude_code(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if (name == b"x-app" and value == b"cli") or (name == b"user-agent" and value.startswith(b"claude-cli/")):
+            return True
+    return False
+
+
+def _for_client(error: ProxyError, scope: Scope) -> ProxyError:
+    """Adapt an error to what the client will actually show its user.
+
+    Claude Code replaces the message of every 404 with its own generic "There's an issue with the selected model"
+    text, which would hide the installed models and the `ollama pull` command; as a 400 it shows our message.
+    """
+    if isinstance(error, ModelNotFound) and _is_claude_code(scope):
+        return InvalidRequest(error.message)
+    return error
 
 
 def _canonical_path(path: str) -> str:

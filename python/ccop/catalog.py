@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-from ccop.errors import NotFound
+from ccop.errors import ModelNotFound
 from ccop.models import takes_think_levels, thinks_by_name
 from ccop.settings import DEFAULT_NUM_CTX
 
@@ -117,10 +117,10 @@ def parse_show(name: str, body: Mapping[str, Any]) -> ModelInfo:
     return ModelInfo(name, capabilities, context_length, modelfile_num_ctx)
 
 
-def not_installed(model: str, installed: list[InstalledModel] | None, requested: str | None = None) -> NotFound:
+def not_installed(model: str, installed: list[InstalledModel] | None, requested: str | None = None) -> ModelNotFound:
     listing = ", ".join(item.name for item in installed) if installed else "none"
     alias = f" (requested as {requested!r})" if requested and requested != model else ""
-    return NotFound(
+    return ModelNotFound(
         f"model {model!r}{alias} is not installed in Ollama. Installed models: {listing}. "
         f"Pull it with `ollama pull {model}` or map the name to an installed model with --model-map / --default-model."
     )

@@ -8,6 +8,7 @@ HTTP status, or the same object in an SSE `event: error` once a stream has begun
     ├── AuthenticationFailed        authentication_error, 401
     ├── PermissionDenied            permission_error, 403
     ├── NotFound                    not_found_error, 404
+    │   └── ModelNotFound           the model is not installed (400 for Claude Code, which hides 404 texts)
     ├── MethodNotAllowed            invalid_request_error, 405
     ├── RequestTooLarge             request_too_large, 413
     ├── Overloaded                  overloaded_error, 529
@@ -26,6 +27,7 @@ __all__ = [
     "AuthenticationFailed",
     "InvalidRequest",
     "MethodNotAllowed",
+    "ModelNotFound",
     "NotFound",
     "Overloaded",
     "PermissionDenied",
@@ -79,6 +81,10 @@ class PermissionDenied(ProxyError):
 class NotFound(ProxyError):
     status = 404
     error_type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    """The requested model is not installed in Ollama."""
 
 
 class MethodNotAllowed(ProxyError):

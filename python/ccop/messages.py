@@ -131,7 +131,11 @@ class MessagesService:
             thinks=info.thinks, takes_think_levels=info.takes_think_levels, vision=info.vision, num_ctx=num_ctx
         )
         plan = build_chat_request(
-            request, ollama_model=ollama_model, traits=traits, strict_thinking=self.settings.strict_thinking
+            request,
+            ollama_model=ollama_model,
+            traits=traits,
+            strict_thinking=self.settings.strict_thinking,
+            adaptive_thinking=self.settings.adaptive_thinking == "auto",
         )
         await self._check_tools(plan, info)
         for note in plan.notes:

@@ -61,6 +61,8 @@ class Settings:
     num_ctx: int | None = None
     model_num_ctx: Mapping[str, int] = field(default_factory=dict)
     thinking_model: str | None = None
+    # "auto": Claude Code's `thinking: {type: "adaptive"}` thinks when the model can; "off": it never does.
+    adaptive_thinking: Literal["auto", "off"] = "auto"
     token_counting: TokenCounting = "calibrated"
     # Seconds between SSE `ping` events while Ollama loads the model or processes the prompt.
     ping_interval: float = 5.0
@@ -255,6 +257,14 @@ OPTIONS: tuple[Option, ...] = (
         "CCOP_THINKING_MODEL",
         "str",
         "Ollama model for requests that ask for thinking when the mapped model cannot think.",
+    ),
+    Option(
+        "adaptive_thinking",
+        "adaptiveThinking",
+        "CCOP_ADAPTIVE_THINKING",
+        "choice",
+        "auto: adaptive thinking thinks when the model can; off: only explicit thinking requests think.",
+        ("auto", "off"),
     ),
     Option(
         "token_counting",

@@ -284,9 +284,11 @@ def _tool_choice_instruction(choice: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def _think_value(body: dict[str, Any], traits: ModelTraits) -> bool | ThinkLevel:
+def _think_value(body: dict[str, Any], traits: ModelTraits, adaptive_thinking: bool) -> bool | ThinkLevel:
     thinking = body.get("thinking")
     if not traits.thinks or not thinking or thinking.get("type") == "disabled":
+        return False
+    if thinking.get("type") == "adaptive" and not adaptive_thinking:
         return False
     if not traits.takes_think_levels:
         return True
@@ -305,6 +307,7 @@ def build_chat_request(
     ollama_model: str,
     traits: ModelTraits,
     strict_thinking: bool,
+    adaptive_thinking: bool = True,
 ) -> ChatPlan:
     """Translate a validated `/v1/messages` body into an Ollama `/api/chat` request."""
     notes: list[str] = []
@@ -340,11 +343,15 @@ def build_chat_request(
             f"thinking: model {ollama_model!r} cannot think; choose a thinking-capable model, or remove `thinking` "
             "(the proxy drops it instead when started without --strict-thinking)"
         )
-    think = _think_value(body, traits)
-    if thinking_requested and not traits.thinks:
+    think = _think_value(body, traits, adaptive_thinking)
+    if thinking.get("type") == "enabled" and not traits.thinks:
+        # Only an explicit request is worth a log line; `adaptive` (Claude Code's default) means "if you can".
         notes.append(f"thinking dropped: {ollama_model} cannot think")
 
-    options: dict[str, Any] = {"num_predict": body["max_tokens"]}
+    # Claude Code asks for 32k–128k output tokens; more than the context window can never be produced, and an
+    # oversized num_predict only hides the real limit from Ollama.
+    max_tokens = body["max_tokens"]
+    options: dict[str, Any] = {"num_predict": min(max_tokens, traits.num_ctx) if traits.num_ctx else max_tokens}
     if traits.num_ctx is not None:
         # The same value on every request for a model: a different num_ctx makes Ollama reload it.
         options["num_ctx"] = traits.num_ctx
