@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from ccop import __version__
 from ccop.diagnostics import probe
+from ccop.launcher import launch
 from ccop.settings import (
     CONFIG_FILE_NAME,
     DEFAULTS,
@@ -75,7 +76,8 @@ def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
         description="Serve the Anthropic Messages API (Claude Code's API) on top of a local Ollama. "
-        "`ccop doctor` checks the Ollama side of the set-up instead.",
+        "`ccop doctor` checks the Ollama side of the set-up instead; `ccop claude [args…]` runs Claude Code "
+        "behind the proxy (`ccop claude --print-env` prints the environment it sets).",
         epilog="Precedence: flag > environment variable > config file > default. See docs/CLI.md.",
     )
     add = parser.add_argument
@@ -140,6 +142,12 @@ def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
         "(env CCOP_THINKING_MODEL)",
     )
     add(
+        "--adaptive-thinking",
+        choices=("auto", "off"),
+        help="auto: Claude Code's adaptive thinking thinks when the model can; off: only explicit thinking requests "
+        "think (env CCOP_ADAPTIVE_THINKING, default auto)",
+    )
+    add(
         "--token-counting",
         choices=("calibrated", "heuristic"),
         help="calibrated: learn each model's ratio from Ollama's counts; heuristic: the plain word rule "
@@ -164,6 +172,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "model_num_ctx": dict(args.model_num_ctx) if args.model_num_ctx else None,
         "thinking_model": args.thinking_model,
         "token_counting": args.token_counting,
+        "adaptive_thinking": args.adaptive_thinking,
     }
 
 
@@ -213,6 +222,18 @@ def doctor(argv: Sequence[str]) -> int:
     return 0 if report.healthy else 1
 
 
+def claude(argv: Sequence[str]) -> int:
+    """`ccop claude [--print-env] [claude arguments…]`: Claude Code behind the proxy, configured from env and file."""
+    arguments = list(argv)
+    print_env = "--print-env" in arguments[:1]
+    try:
+        settings = Settings.resolve({}, os.environ)
+    except ConfigError as exc:
+        print(f"ccop: {exc}", file=sys.stderr)
+        return 2
+    return launch(settings, arguments[1:] if print_env else arguments, print_env=print_env)
+
+
 def _report_ollama_in_background(settings: Settings) -> None:
     """The start-up summary, so a slow or absent Ollama never delays serving.
 
@@ -227,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["doctor"]:
         return doctor(arguments[1:])
+    if arguments[:1] == ["claude"]:
+        return claude(arguments[1:])
     args = build_parser().parse_args(arguments)
     if args.init:
         return _init(Path(args.config or CONFIG_FILE_NAME), args.force)

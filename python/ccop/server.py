@@ -30,3 +30,8 @@ def serve(settings: Settings) -> None:
         log_level=LogLevels.debug if settings.verbose else LogLevels.warning,
         log_access=False,
     ).serve()
+
+
+if __name__ == "__main__":
+    # `ccop claude` starts the proxy this way, with the resolved settings in CCOP_SETTINGS.
+    serve(Settings.for_worker())
