@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+import orjson
 
 from ccop import __version__
 from ccop.diagnostics import probe
@@ -64,6 +67,16 @@ def _model_num_ctx(raw: str) -> tuple[str, int]:
     if not sep or not model or not value.isdigit():
         raise argparse.ArgumentTypeError(f"expected MODEL=TOKENS, got {raw!r}")
     return model, int(value)
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {raw}")
+    return value
 
 
 def _non_negative_int(raw: str) -> int:
@@ -153,6 +166,39 @@ def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
         help="calibrated: learn each model's ratio from Ollama's counts; heuristic: the plain word rule "
         "(env CCOP_TOKEN_COUNTING, default calibrated)",
     )
+    add(
+        "--api-key",
+        metavar="KEY",
+        help="require this key from clients, as x-api-key or Authorization: Bearer; /health stays open "
+        "(env CCOP_API_KEY)",
+    )
+    add(
+        "--idle-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="abandon an answer when Ollama sends nothing for this long, model load included "
+        "(env CCOP_IDLE_TIMEOUT, default 600)",
+    )
+    add(
+        "--max-body-size",
+        type=_positive_int,
+        metavar="BYTES",
+        help="largest accepted request body (env CCOP_MAX_BODY_SIZE, default 33554432 = 32 MiB)",
+    )
+    add(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="allow browser requests from this origin (`*` for any); repeatable; none by default "
+        "(env CCOP_CORS_ORIGINS, comma separated)",
+    )
+    add(
+        "--shutdown-grace",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running answers may finish before the workers stop (env CCOP_SHUTDOWN_GRACE, "
+        "default 30)",
+    )
     add("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     add("--version", action="version", version=f"ccop {__version__}")
     return parser
@@ -173,6 +219,11 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "thinking_model": args.thinking_model,
         "token_counting": args.token_counting,
         "adaptive_thinking": args.adaptive_thinking,
+        "api_key": args.api_key,
+        "idle_timeout": args.idle_timeout,
+        "max_body_size": args.max_body_size,
+        "cors_origins": tuple(args.cors_origin) if args.cors_origin else None,
+        "shutdown_grace": args.shutdown_grace,
     }
 
 
@@ -187,6 +238,15 @@ def _init(path: Path, force: bool) -> int:
         return 1
     print(f"wrote {path}; edit defaultModel and modelMap, then run `ccop`")
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def banner(settings: Settings) -> str:
@@ -257,9 +317,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings is None:
         return 2
     if args.print_config:
-        print(settings.to_json().decode())
+        shown = orjson.loads(settings.to_json())
+        if shown["api_key"]:
+            shown["api_key"] = "********"  # configured, but not for the screen
+        print(orjson.dumps(shown).decode())
         return 0
     print(banner(settings), flush=True)
+    if not _is_loopback(settings.host) and not settings.api_key:
+        print(
+            f"WARNING: listening on {settings.host} without an API key: anyone who can reach this machine can use "
+            "your GPU and read the answers. Set --api-key (or CCOP_API_KEY), or keep --host 127.0.0.1.",
+            flush=True,
+        )
     _report_ollama_in_background(settings)
 
     from ccop.server import serve

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from ccop.settings import SETTINGS_ENV, Settings
@@ -29,6 +30,9 @@ def serve(settings: Settings) -> None:
         backlog=2048,
         log_level=LogLevels.debug if settings.verbose else LogLevels.warning,
         log_access=False,
+        # SIGTERM lets running answers finish; after the grace period the workers are stopped, which closes their
+        # connections to Ollama, so it stops generating.
+        workers_kill_timeout=math.ceil(settings.shutdown_grace),
     ).serve()
 
 

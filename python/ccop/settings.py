@@ -66,6 +66,15 @@ class Settings:
     token_counting: TokenCounting = "calibrated"
     # Seconds between SSE `ping` events while Ollama loads the model or processes the prompt.
     ping_interval: float = 5.0
+    # Seconds of upstream silence (model load and prompt reading included) before an answer is abandoned.
+    idle_timeout: float = 600.0
+    max_body_size: int = 32 * 1024 * 1024
+    # When set, every route but /health needs it as `x-api-key` or `Authorization: Bearer`.
+    api_key: str | None = None
+    # Browser origins allowed to call the proxy; none by default, so web pages cannot drive the local GPU.
+    cors_origins: tuple[str, ...] = ()
+    # Seconds running streams get to finish after SIGTERM before the workers are stopped.
+    shutdown_grace: float = 30.0
     # Where the settings came from, for the banner and error messages; not a setting itself.
     config_path: str | None = None
 
@@ -73,11 +82,13 @@ class Settings:
         data = dataclasses.asdict(self)
         data["model_map"] = dict(self.model_map)
         data["model_num_ctx"] = dict(self.model_num_ctx)
+        data["cors_origins"] = list(self.cors_origins)
         return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Settings:
         data = orjson.loads(raw)
+        data["cors_origins"] = tuple(data.get("cors_origins", ()))
         return cls(**data)
 
     @classmethod
@@ -142,7 +153,7 @@ class Option:
     name: str
     config_key: str
     env: str | None
-    kind: str  # "str" | "int" | "bool" | "url" | "port" | "map" | "int_map" | "choice" | "float"
+    kind: str  # "str" | "int" | "bool" | "url" | "port" | "map" | "int_map" | "choice" | "float" | "list"
     help: str
     choices: tuple[str, ...] = ()
     minimum: int = 0
@@ -167,6 +178,8 @@ class Option:
                 return self.check(float(raw.strip()), where)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+        if self.kind == "list":
+            return self.check([part for part in re.split(r"[,\s]+", raw) if part], where)
         if self.kind in {"map", "int_map"}:
             entries = [parse_model_map_entry(part, where) for part in re.split(r"[,\s]+", raw) if part]
             if self.kind == "map":
@@ -201,6 +214,10 @@ class Option:
             ):
                 raise ConfigError(f"{where}: expected an object of non-empty model names, got {value!r}")
             return dict(value)
+        if self.kind == "list":
+            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+                raise ConfigError(f"{where}: expected a list of non-empty strings, got {value!r}")
+            return tuple(value)
         if self.kind == "int_map":
             if not isinstance(value, dict) or not all(
                 isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
@@ -275,6 +292,23 @@ OPTIONS: tuple[Option, ...] = (
         ("heuristic", "calibrated"),
     ),
     Option("ping_interval", "pingInterval", "CCOP_PING_INTERVAL", "float", "Seconds between SSE pings while waiting."),
+    Option(
+        "idle_timeout",
+        "idleTimeout",
+        "CCOP_IDLE_TIMEOUT",
+        "float",
+        "Seconds Ollama may stay silent (model load included) before the answer is abandoned.",
+    ),
+    Option("max_body_size", "maxBodySize", "CCOP_MAX_BODY_SIZE", "int", "Largest request body in bytes.", minimum=1),
+    Option("api_key", "apiKey", "CCOP_API_KEY", "str", "Key clients must send (x-api-key or Authorization: Bearer)."),
+    Option("cors_origins", "corsOrigins", "CCOP_CORS_ORIGINS", "list", "Browser origins allowed by CORS."),
+    Option(
+        "shutdown_grace",
+        "shutdownGrace",
+        "CCOP_SHUTDOWN_GRACE",
+        "float",
+        "Seconds running answers get to finish after SIGTERM.",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 CONFIG_KEYS = {option.config_key: option for option in OPTIONS}
