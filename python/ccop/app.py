@@ -26,15 +26,13 @@ from ccop.logs import configure_logging
 from ccop.messages import MessagesService, RequestRecord
 from ccop.model_list import find_entry, list_page, model_entries
 from ccop.responses import ClientDisconnected, read_body, send_bytes, send_error, send_json
+from ccop.security import check_api_key, cors_headers, header, preflight_headers, with_cors
 from ccop.settings import Settings
 from ccop.upstream import create_client, unreachable
 
 __all__ = ["ProxyApp", "create_app"]
 
 logger = logging.getLogger("ccop.access")
-
-# A Claude Code request is 50–100 KB; images and long sessions reach megabytes. Far beyond that is a mistake.
-MAX_BODY_BYTES = 32 * 1024 * 1024
 
 Handler = Callable[["ProxyApp", Scope, Receive, Send, str, RequestRecord], Awaitable[None]]
 
@@ -115,7 +113,16 @@ class ProxyApp:
         record = RequestRecord()
         status = 200
         head = method == "HEAD"
+        cors = cors_headers(scope, self.settings.cors_origins)
+        if cors:
+            send = with_cors(send, cors)
+            if method == "OPTIONS" and header(scope, b"access-control-request-method"):
+                await send_bytes(send, 204, b"", headers=preflight_headers(scope))
+                self._log(request_id, method, path, 204, record, started)
+                return
         try:
+            if self.settings.api_key and _canonical_path(path) != "/health":
+                check_api_key(scope, self.settings.api_key)
             handler = self._route(method, path)
             await handler(self, scope, receive, send, request_id, record)
         except ProxyError as raised:
@@ -211,7 +218,7 @@ async def _messages(
     app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, record: RequestRecord
 ) -> None:
     _check_json_content_type(scope)
-    body = await read_body(receive, MAX_BODY_BYTES)
+    body = await read_body(receive, app.settings.max_body_size)
     await app.messages.create(body, receive, send, request_id, record)
 
 
@@ -219,7 +226,7 @@ async def _count_tokens(
     app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, record: RequestRecord
 ) -> None:
     _check_json_content_type(scope)
-    body = await read_body(receive, MAX_BODY_BYTES)
+    body = await read_body(receive, app.settings.max_body_size)
     await app.messages.count_tokens(body, send, request_id, record)
 
 
@@ -245,15 +252,12 @@ async def _accepted(
     app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord
 ) -> None:
     """Telemetry and probes Claude Code sends to its base URL: answered, so they do not turn into 404 floods."""
-    await read_body(receive, MAX_BODY_BYTES)
+    await read_body(receive, app.settings.max_body_size)
     await send_json(send, 200, {}, head=scope["method"] == "HEAD")
 
 
 def _is_claude_code(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if (name == b"x-app" and value == b"cli") or (name == b"user-agent" and value.startswith(b"claude-cli/")):
-            return True
-    return False
+    return header(scope, b"x-app") == b"cli" or (header(scope, b"user-agent") or b"").startswith(b"claude-cli/")
 
 
 def _for_client(error: ProxyError, scope: Scope) -> ProxyError:

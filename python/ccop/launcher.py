@@ -61,7 +61,7 @@ def claude_environment(settings: Settings, window: int) -> dict[str, str]:
         "ANTHROPIC_BASE_URL": proxy_url(settings),
         # A bearer token does not trigger Claude Code's "use this API key?" prompt; the empty key keeps a key
         # from the user's own environment from being sent instead.
-        "ANTHROPIC_AUTH_TOKEN": PLACEHOLDER_KEY,
+        "ANTHROPIC_AUTH_TOKEN": settings.api_key or PLACEHOLDER_KEY,
         "ANTHROPIC_API_KEY": "",
         "ANTHROPIC_MODEL": settings.default_model,
         "ANTHROPIC_DEFAULT_OPUS_MODEL": _tier(settings, "opus"),
@@ -78,6 +78,7 @@ def claude_environment(settings: Settings, window: int) -> dict[str, str]:
 
 
 def _is_ccop(url: str) -> bool | None:
+    # /health answers without the API key, so this works whatever the proxy's key.
     """True: a ccop answers there; False: something else does; None: nothing listens."""
     try:
         response = httpx.get(f"{url}/health", timeout=2.0, trust_env=False)
