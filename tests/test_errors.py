@@ -98,7 +98,8 @@ def test_ollama_errors_before_streaming_keep_a_real_status(
     expected_type: str,
     stream: bool,
 ) -> None:
-    ollama.enqueue(Reply(status=status, error=message))
+    # Four times: a 503 is retried three times before the client hears of it.
+    ollama.enqueue(*[Reply(status=status, error=message) for _ in range(4)])
     response = http.post("/v1/messages", json={**VALID, "stream": stream})
     assert_error(response, expected_status, expected_type, message.split(".")[0])
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,10 @@ logger = logging.getLogger("ccop.messages")
 # models and bad requests within milliseconds, so those still get a real HTTP status; a model that is loading
 # answers much later, and the client gets `message_start` and pings meanwhile.
 HEADER_GRACE = 0.25
+# How much of a request body a --verbose log line shows.
+_DEBUG_BYTES = 20_000
+# Waits before retrying a refused connection or a 503 from Ollama: bounded, about 1.75 s in all.
+RETRY_DELAYS = (0.25, 0.5, 1.0)
 # Counting a body this large is worth moving off the event loop (the Rust counter releases the interpreter).
 OFF_LOOP_BYTES = 1 << 20
 # Ollama has no data for these; everything else about the answer is in the translator.
@@ -68,6 +73,12 @@ async def _count(body: bytes) -> int:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 
+def _retry_reason(result: httpx.Response | httpx.TransportError) -> str:
+    if isinstance(result, httpx.Response):
+        return f"answered {result.status_code}"
+    return f"refused the connection ({result or type(result).__name__})"
+
+
 def _new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
@@ -82,7 +93,6 @@ class MessagesService:
         self.client = client
         self.calibration = calibration
         self.catalog = catalog
-        self.idle_timeout = 600.0
 
     async def _choose_model(self, request: dict[str, Any]) -> tuple[str, ModelInfo]:
         """The Ollama model that serves the request, and what it can do; unknown models fail here, before streaming."""
@@ -140,6 +150,15 @@ class MessagesService:
         await self._check_tools(plan, info)
         for note in plan.notes:
             logger.warning("%s %s", request_id, note)
+        if logger.isEnabledFor(logging.DEBUG):
+            # Only with --verbose: prompts stay out of logs otherwise.
+            sent = orjson.dumps(plan.body)
+            logger.debug(
+                "%s request to Ollama (%d bytes): %s",
+                request_id,
+                len(sent),
+                sent[:_DEBUG_BYTES].decode(errors="replace"),
+            )
         raw_estimate = await _count(body)
         estimate = self.calibration.apply(ollama_model, raw_estimate)
         if num_ctx is not None and estimate > num_ctx:
@@ -160,6 +179,77 @@ class MessagesService:
             record.input_tokens = translator.prompt_eval_count
             record.output_tokens = translator.eval_count
 
+    async def _open(
+        self,
+        request: httpx.Request,
+        disconnected: asyncio.Task[None],
+        sse: SseStream | None,
+        translator: StreamTranslator,
+    ) -> httpx.Response | None:
+        """Ollama's response (headers read), or None when the client left first.
+
+        A refused connection or a 503 "server busy" is retried with backoff while the client has received nothing;
+        once bytes reached it, a retry could no longer be invisible.
+        """
+        deadline = time.monotonic() + self.settings.idle_timeout
+        for delay in (*RETRY_DELAYS, None):
+            response = await self._headers(request, disconnected, sse, translator, deadline, final=delay is None)
+            if response is None:
+                return None
+            if isinstance(response, httpx.Response) and response.status_code != 503:
+                return response
+            if delay is None or (sse is not None and sse.started):
+                if isinstance(response, httpx.Response):
+                    return response
+                raise unreachable(self.settings.ollama_url, response)
+            if isinstance(response, httpx.Response):
+                await response.aclose()
+            logger.info("Ollama %s; retrying in %g s", _retry_reason(response), delay)
+            waited, _ = await asyncio.wait({disconnected}, timeout=delay)
+            if waited:
+                return None
+        raise AssertionError("unreachable: the last attempt always returns or raises")
+
+    async def _headers(
+        self,
+        request: httpx.Request,
+        disconnected: asyncio.Task[None],
+        sse: SseStream | None,
+        translator: StreamTranslator,
+        deadline: float,
+        *,
+        final: bool,
+    ) -> httpx.Response | httpx.TransportError | None:
+        """One attempt: the response, a connection error worth retrying, or None if the client left."""
+        opening = asyncio.create_task(self.client.send(request, stream=True))
+        try:
+            waiting: set[asyncio.Task[Any]] = {opening, disconnected}
+            if sse is not None and not sse.started:
+                done, _ = await asyncio.wait(waiting, timeout=HEADER_GRACE, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    await sse.start(translator.start())
+            remaining = max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            if disconnected in done:
+                return None
+            if not done:
+                raise UpstreamError(
+                    f"Ollama sent nothing for {self.settings.idle_timeout:g} s; the answer was abandoned "
+                    "(raise --idle-timeout if the model needs longer to load)"
+                )
+            try:
+                return opening.result()
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if final:
+                    raise unreachable(self.settings.ollama_url, exc) from None
+                return exc
+            except httpx.TransportError as exc:
+                raise unreachable(self.settings.ollama_url, exc) from None
+        finally:
+            if not opening.done():
+                # Cancelling the send closes its connection, so Ollama stops working on the request.
+                opening.cancel()
+
     async def _run(
         self,
         plan: ChatPlan,
@@ -173,24 +263,15 @@ class MessagesService:
             "POST", "/api/chat", content=orjson.dumps(plan.body), headers={"content-type": "application/json"}
         )
         disconnected = asyncio.create_task(watch_disconnect(receive))
-        opening = asyncio.create_task(self.client.send(upstream_request, stream=True))
         sse = SseStream(send, request_id, self.settings.ping_interval) if plan.stream else None
         response: httpx.Response | None = None
-        tasks: list[asyncio.Task[Any]] = [disconnected, opening]
+        tasks: list[asyncio.Task[Any]] = [disconnected]
         try:
             # Phase 1: wait for Ollama's response headers (model load and prompt reading happen here).
-            grace = HEADER_GRACE if sse is not None else None
-            done, _ = await asyncio.wait({opening, disconnected}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-            if sse is not None and not done:
-                await sse.start(translator.start())
-                done, _ = await asyncio.wait({opening, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-            if disconnected in done:
+            response = await self._open(upstream_request, disconnected, sse, translator)
+            if response is None:
                 record.outcome = "client disconnected before Ollama answered"
                 return
-            try:
-                response = opening.result()
-            except httpx.TransportError as exc:
-                raise unreachable(self.settings.ollama_url, exc) from None
             if response.status_code == 404:
                 # The model went away since it was looked up (ollama rm): forget it and say what is installed.
                 self.catalog.forget(plan.ollama_model)
@@ -203,7 +284,7 @@ class MessagesService:
             # Phase 2: relay the answer, watching the client and the upstream's silence.
             outcome = RelayOutcome()
             pump = asyncio.create_task(relay(response, translator, sse.write if sse else None, outcome))
-            idle = asyncio.create_task(idle_watchdog(outcome, self.idle_timeout))
+            idle = asyncio.create_task(idle_watchdog(outcome, self.settings.idle_timeout))
             tasks += [pump, idle]
             watched: set[asyncio.Task[Any]] = {pump, disconnected, idle}
             finished, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
@@ -214,7 +295,10 @@ class MessagesService:
                 if disconnected in finished:
                     record.outcome = "client disconnected mid-answer"
                     return
-                raise UpstreamError(f"Ollama sent nothing for {self.idle_timeout:g} s; the answer was abandoned")
+                raise UpstreamError(
+                    f"Ollama sent nothing for {self.settings.idle_timeout:g} s; the answer was abandoned "
+                    "(raise --idle-timeout if the model needs longer to load)"
+                )
             try:
                 tail = pump.result()
             except httpx.TransportError as exc:
