@@ -11,7 +11,7 @@ install: ## install the package in editable mode with the test and lint extras
 
 .PHONY: dev
 dev: ## build the Rust core in debug mode into the current environment
-	$(PYTHON) -m pip install -e '.[test]' --config-settings=build-args='--profile dev'
+	MATURIN_PEP517_ARGS='--profile dev' $(PYTHON) -m pip install -e '.[test]'
 
 .PHONY: build-prod
 build-prod: ## build the Rust core with the release profile into the current environment
