@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,8 @@ class MessagesService:
         self.client = client
         self.calibration = calibration
         self.catalog = catalog
+        # Tool calls seen by this worker, by how they had to be repaired ("unchanged": not at all), for /health.
+        self.tool_calls: Counter[str] = Counter()
 
     async def _choose_model(self, request: dict[str, Any]) -> tuple[str, ModelInfo]:
         """The Ollama model that serves the request, and what it can do; unknown models fail here, before streaming."""
@@ -175,9 +178,17 @@ class MessagesService:
         try:
             await self._run(plan, translator, receive, send, request_id, record)
         finally:
+            self._count_tool_calls(translator, request_id)
             self.calibration.observe(ollama_model, raw_estimate, translator.prompt_eval_count)
             record.input_tokens = translator.prompt_eval_count
             record.output_tokens = translator.eval_count
+
+    def _count_tool_calls(self, translator: StreamTranslator, request_id: str) -> None:
+        counts = {kind: count for kind, count in translator.heal_counts.items() if count}
+        self.tool_calls.update(counts)
+        repairs = {kind: count for kind, count in counts.items() if kind != "unchanged"}
+        if repairs:
+            logger.debug("%s tool calls repaired: %s", request_id, repairs)
 
     async def _open(
         self,
