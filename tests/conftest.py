@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +139,27 @@ def proxy(ollama: OllamaDouble, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     yield process
     process.stop()
+
+
+Spawn = Callable[..., ProxyProcess]
+
+
+@pytest.fixture
+def spawn(ollama: OllamaDouble, tmp_path: Path) -> Iterator[Spawn]:
+    """Start proxies with a test's own flags (`spawn("--num-ctx", "0")`, `url=` for another upstream).
+
+    Every proxy started this way is stopped when the test ends, whatever happened.
+    """
+    started: list[ProxyProcess] = []
+
+    def start(*args: str, url: str | None = None, env: dict[str, str] | None = None) -> ProxyProcess:
+        proxy = start_proxy(url or ollama.url, tmp_path, *args, env=env)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import ccop
-from conftest import start_proxy
+from conftest import Spawn
 from ollama_double import OllamaDouble, Reply
 
 DATA = Path(__file__).parent / "data"
@@ -169,56 +169,44 @@ def _calibrate(url: str, ollama: OllamaDouble, factor: float, rounds: int) -> di
     return {"estimate": estimate, "counted": counted, "health": health}
 
 
-def test_calibration_converges_to_the_models_ratio(ollama: OllamaDouble, tmp_path: Path) -> None:
-    proxy = start_proxy(ollama.url, tmp_path)
-    try:
-        result = _calibrate(proxy.url, ollama, factor=1.5, rounds=12)
-        assert result["health"]["calibration"]["qwen3-coder:30b"] == pytest.approx(1.5, abs=0.02)
-        assert result["counted"] == pytest.approx(result["estimate"] * 1.5, rel=0.02)
-        # Another model is untouched.
-        other = {"model": "llama3.1", "messages": [{"role": "user", "content": "hello world"}]}
-        assert httpx.post(f"{proxy.url}/v1/messages/count_tokens", json=other, trust_env=False).json() == {
-            "input_tokens": 4
-        }
-    finally:
-        proxy.stop()
+def test_calibration_converges_to_the_models_ratio(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn()
+    result = _calibrate(proxy.url, ollama, factor=1.5, rounds=12)
+    assert result["health"]["calibration"]["qwen3-coder:30b"] == pytest.approx(1.5, abs=0.02)
+    assert result["counted"] == pytest.approx(result["estimate"] * 1.5, rel=0.02)
+    # Another model is untouched.
+    other = {"model": "llama3.1", "messages": [{"role": "user", "content": "hello world"}]}
+    assert httpx.post(f"{proxy.url}/v1/messages/count_tokens", json=other, trust_env=False).json() == {
+        "input_tokens": 4
+    }
 
 
-def test_calibration_is_bounded(ollama: OllamaDouble, tmp_path: Path) -> None:
-    proxy = start_proxy(ollama.url, tmp_path)
-    try:
-        result = _calibrate(proxy.url, ollama, factor=10.0, rounds=3)
-        assert result["health"]["calibration"]["qwen3-coder:30b"] == 2.0
-        assert result["counted"] == math.ceil(result["estimate"] * 2.0)
-    finally:
-        proxy.stop()
+def test_calibration_is_bounded(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn()
+    result = _calibrate(proxy.url, ollama, factor=10.0, rounds=3)
+    assert result["health"]["calibration"]["qwen3-coder:30b"] == 2.0
+    assert result["counted"] == math.ceil(result["estimate"] * 2.0)
 
 
-def test_heuristic_mode_ignores_ollama_counts(ollama: OllamaDouble, tmp_path: Path) -> None:
-    proxy = start_proxy(ollama.url, tmp_path, "--token-counting", "heuristic")
-    try:
-        result = _calibrate(proxy.url, ollama, factor=1.5, rounds=3)
-        assert result["counted"] == result["estimate"]
-    finally:
-        proxy.stop()
+def test_heuristic_mode_ignores_ollama_counts(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn("--token-counting", "heuristic")
+    result = _calibrate(proxy.url, ollama, factor=1.5, rounds=3)
+    assert result["counted"] == result["estimate"]
 
 
-def test_message_start_uses_the_calibrated_estimate(ollama: OllamaDouble, tmp_path: Path) -> None:
-    proxy = start_proxy(ollama.url, tmp_path)
-    try:
-        result = _calibrate(proxy.url, ollama, factor=1.5, rounds=12)
-        body = {
-            "model": "qwen3-coder:30b",
-            "max_tokens": 32,
-            "stream": True,
-            "system": "You are a coding agent. " * 40,
-            "messages": [{"role": "user", "content": "Please refactor the module. " * 20}],
-        }
-        ollama.enqueue(Reply(content="ok"))
-        with httpx.stream("POST", f"{proxy.url}/v1/messages", json=body, trust_env=False) as response:
-            lines = response.iter_lines()
-            assert next(lines) == "event: message_start"
-            start = json.loads(next(lines).removeprefix("data: "))
-        assert start["message"]["usage"]["input_tokens"] == result["counted"]
-    finally:
-        proxy.stop()
+def test_message_start_uses_the_calibrated_estimate(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn()
+    result = _calibrate(proxy.url, ollama, factor=1.5, rounds=12)
+    body = {
+        "model": "qwen3-coder:30b",
+        "max_tokens": 32,
+        "stream": True,
+        "system": "You are a coding agent. " * 40,
+        "messages": [{"role": "user", "content": "Please refactor the module. " * 20}],
+    }
+    ollama.enqueue(Reply(content="ok"))
+    with httpx.stream("POST", f"{proxy.url}/v1/messages", json=body, trust_env=False) as response:
+        lines = response.iter_lines()
+        assert next(lines) == "event: message_start"
+        start = json.loads(next(lines).removeprefix("data: "))
+    assert start["message"]["usage"]["input_tokens"] == result["counted"]

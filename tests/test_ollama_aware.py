@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import ProxyProcess, ccop_command, free_port, start_proxy
+from conftest import ProxyProcess, Spawn, ccop_command, free_port, start_proxy
 from ollama_double import ModelSpec, OllamaDouble, Reply
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg=="
@@ -27,31 +26,14 @@ def post(proxy: ProxyProcess, body: dict[str, Any], path: str = "/v1/messages") 
     return httpx.post(proxy.url + path, json=body, timeout=30, trust_env=False)
 
 
-@pytest.fixture
-def own_proxy(ollama: OllamaDouble, tmp_path: Path) -> Iterator[list[ProxyProcess]]:
-    """Proxies started by a test with its own flags; stopped afterwards."""
-    started: list[ProxyProcess] = []
-    yield started
-    for proxy in started:
-        proxy.stop()
-
-
-def launch(ollama: OllamaDouble, tmp_path: Path, started: list[ProxyProcess], *args: str) -> ProxyProcess:
-    proxy = start_proxy(ollama.url, tmp_path, *args)
-    started.append(proxy)
-    return proxy
-
-
 # -- capabilities ------------------------------------------------------------------------------------------------
 
 
-def test_thinking_follows_reported_capabilities(
-    ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]
-) -> None:
+def test_thinking_follows_reported_capabilities(ollama: OllamaDouble, spawn: Spawn) -> None:
     # The names mislead on purpose: only /api/show's capabilities decide.
     ollama.add_model(ModelSpec("qwen3-plain:4b", capabilities=["completion", "tools"]))
     ollama.add_model(ModelSpec("deepthought:7b", capabilities=["completion", "tools", "thinking"]))
-    proxy = launch(ollama, tmp_path, own_proxy)
+    proxy = spawn()
     thinking = {"thinking": {"type": "enabled", "budget_tokens": 2048}}
     assert post(proxy, chat_body("qwen3-plain:4b", **thinking)).status_code == 200
     assert ollama.chat_requests()[-1]["think"] is False
@@ -59,12 +41,10 @@ def test_thinking_follows_reported_capabilities(
     assert ollama.chat_requests()[-1]["think"] is True
 
 
-def test_old_servers_fall_back_to_name_rules(
-    ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]
-) -> None:
+def test_old_servers_fall_back_to_name_rules(ollama: OllamaDouble, spawn: Spawn) -> None:
     ollama.version = "0.5.7"
     try:
-        proxy = launch(ollama, tmp_path, own_proxy)
+        proxy = spawn()
         thinking = {"thinking": {"type": "enabled", "budget_tokens": 2048}}
         assert post(proxy, chat_body("qwen3:8b", **thinking)).status_code == 200
         assert ollama.chat_requests()[-1]["think"] is True  # qwen3 thinks by name
@@ -79,10 +59,8 @@ def test_old_servers_fall_back_to_name_rules(
         ollama.version = "0.33.0"
 
 
-def test_capabilities_are_asked_once_per_model(
-    ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]
-) -> None:
-    proxy = launch(ollama, tmp_path, own_proxy)
+def test_capabilities_are_asked_once_per_model(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn()
     for _ in range(3):
         assert post(proxy, chat_body("qwen3:8b")).status_code == 200
     shows = [r for r in ollama.requests if r.path == "/api/show" and r.json and r.json.get("model") == "qwen3:8b"]
@@ -127,9 +105,9 @@ def test_unknown_model_is_a_404_before_any_stream(http: httpx.Client, ollama: Ol
     assert not ollama.chat_requests()
 
 
-def test_a_removed_model_is_noticed(ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]) -> None:
+def test_a_removed_model_is_noticed(ollama: OllamaDouble, spawn: Spawn) -> None:
     ollama.add_model(ModelSpec("ephemeral:1b"))
-    proxy = launch(ollama, tmp_path, own_proxy)
+    proxy = spawn()
     assert post(proxy, chat_body("ephemeral:1b")).status_code == 200
     ollama.remove_model("ephemeral:1b")
     response = post(proxy, chat_body("ephemeral:1b"))  # cached as installed; Ollama's 404 corrects it
@@ -138,10 +116,8 @@ def test_a_removed_model_is_noticed(ollama: OllamaDouble, tmp_path: Path, own_pr
     assert "ollama pull" in response.json()["error"]["message"]
 
 
-def test_thinking_model_serves_thinking_requests(
-    ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]
-) -> None:
-    proxy = launch(ollama, tmp_path, own_proxy, "--thinking-model", "qwen3:8b")
+def test_thinking_model_serves_thinking_requests(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn("--thinking-model", "qwen3:8b")
     thinking = {"thinking": {"type": "enabled", "budget_tokens": 2048}}
     assert post(proxy, chat_body("llama3.1", **thinking)).status_code == 200
     sent = ollama.chat_requests()[-1]
@@ -162,30 +138,28 @@ def test_num_ctx_default_capped_and_stable(proxy: ProxyProcess, ollama: OllamaDo
     assert all(body["truncate"] is False for body in sent)
 
 
-def test_num_ctx_settings(ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]) -> None:
+def test_num_ctx_settings(ollama: OllamaDouble, spawn: Spawn) -> None:
     ollama.add_model(ModelSpec("tuned:7b", num_ctx=12288, context_length=65536))
-    proxy = launch(ollama, tmp_path, own_proxy, "--model-num-ctx", "qwen3:8b=16384")
+    proxy = spawn("--model-num-ctx", "qwen3:8b=16384")
     assert post(proxy, chat_body("tuned:7b")).status_code == 200  # the Modelfile's num_ctx applies
     assert ollama.chat_requests()[-1]["options"]["num_ctx"] == 12288
     assert post(proxy, chat_body("qwen3:8b")).status_code == 200  # per-model setting
     assert ollama.chat_requests()[-1]["options"]["num_ctx"] == 16384
 
-    explicit = launch(ollama, tmp_path, own_proxy, "--num-ctx", "65536")
+    explicit = spawn("--num-ctx", "65536")
     assert post(explicit, chat_body("tuned:7b")).status_code == 200  # explicit beats the Modelfile
     assert ollama.chat_requests()[-1]["options"]["num_ctx"] == 65536
     assert post(explicit, chat_body("qwen3:8b")).status_code == 200  # capped at the trained 40960
     assert ollama.chat_requests()[-1]["options"]["num_ctx"] == 40960
 
-    ollama_decides = launch(ollama, tmp_path, own_proxy, "--num-ctx", "0")
+    ollama_decides = spawn("--num-ctx", "0")
     assert post(ollama_decides, chat_body("qwen3:8b")).status_code == 200
     assert "num_ctx" not in ollama.chat_requests()[-1]["options"]
     assert ollama.model_loads[-1][0].startswith("qwen3:8b")
 
 
-def test_prompt_too_long_is_caught_before_ollama(
-    ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]
-) -> None:
-    proxy = launch(ollama, tmp_path, own_proxy, "--num-ctx", "2048")
+def test_prompt_too_long_is_caught_before_ollama(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn("--num-ctx", "2048")
     body = chat_body("llama3.1", messages=[{"role": "user", "content": "word " * 3000}])
     response = post(proxy, {**body, "stream": True})
     assert response.status_code == 400
@@ -253,20 +227,20 @@ def wait_for_log(proxy: ProxyProcess, text: str) -> str:
     return proxy.log()
 
 
-def test_startup_summary(ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]) -> None:
-    proxy = launch(ollama, tmp_path, own_proxy, "--default-model", "qwen3:8b")
+def test_startup_summary(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn("--default-model", "qwen3:8b")
     log = wait_for_log(proxy, "Ollama 0.33.0")
     assert f"· {len(ollama.models)} models ·" in log
     assert "default model qwen3:8b installed, context 32768" in log
     assert "warning" not in log
 
 
-def test_startup_warnings(ollama: OllamaDouble, tmp_path: Path, own_proxy: list[ProxyProcess]) -> None:
-    missing = launch(ollama, tmp_path, own_proxy, "--default-model", "missing:1b")
+def test_startup_warnings(ollama: OllamaDouble, spawn: Spawn) -> None:
+    missing = spawn("--default-model", "missing:1b")
     log = wait_for_log(missing, "warning")
     assert "default model missing:1b NOT installed" in log
     assert "ollama pull missing:1b" in log
-    no_tools = launch(ollama, tmp_path, own_proxy, "--default-model", "gemma2")
+    no_tools = spawn("--default-model", "gemma2")
     assert "cannot call tools" in wait_for_log(no_tools, "warning")
 
 

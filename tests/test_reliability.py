@@ -8,14 +8,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import ProxyProcess, ccop_command, free_port, start_proxy
+from conftest import ProxyProcess, Spawn, ccop_command, free_port, start_proxy
 from ollama_double import OllamaDouble, Reply
 
 QUESTION = [{"role": "user", "content": "hello"}]
@@ -33,20 +32,6 @@ def answer_text(response: httpx.Response) -> str:
         ]
         return "".join(delta["text"] for delta in deltas)
     return "".join(block["text"] for block in response.json()["content"] if block["type"] == "text")
-
-
-@pytest.fixture
-def own(ollama: OllamaDouble, tmp_path: Path) -> Iterator[list[ProxyProcess]]:
-    started: list[ProxyProcess] = []
-    yield started
-    for proxy in started:
-        proxy.stop()
-
-
-def launch(ollama: OllamaDouble, tmp_path: Path, own: list[ProxyProcess], *args: str) -> ProxyProcess:
-    proxy = start_proxy(ollama.url, tmp_path, *args)
-    own.append(proxy)
-    return proxy
 
 
 # -- the client goes away → Ollama stops -------------------------------------------------------------------------
@@ -98,8 +83,8 @@ def test_disconnect_mid_stream(proxy: ProxyProcess, ollama: OllamaDouble) -> Non
 # -- timeouts and retries ----------------------------------------------------------------------------------------
 
 
-def test_idle_timeout_mid_stream(ollama: OllamaDouble, tmp_path: Path, own: list[ProxyProcess]) -> None:
-    proxy = launch(ollama, tmp_path, own, "--idle-timeout", "1")
+def test_idle_timeout_mid_stream(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn("--idle-timeout", "1")
     ollama.enqueue(Reply(content="first words", hang_after_chunks=True))
     with httpx.stream("POST", f"{proxy.url}/v1/messages", json=body(stream=True), trust_env=False) as response:
         text = response.read().decode()
@@ -108,8 +93,8 @@ def test_idle_timeout_mid_stream(ollama: OllamaDouble, tmp_path: Path, own: list
     assert ollama.wait_for_disconnect(timeout=5.0)  # and the upstream request was closed
 
 
-def test_idle_timeout_before_the_first_byte(ollama: OllamaDouble, tmp_path: Path, own: list[ProxyProcess]) -> None:
-    proxy = launch(ollama, tmp_path, own, "--idle-timeout", "1")
+def test_idle_timeout_before_the_first_byte(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn("--idle-timeout", "1")
     ollama.enqueue(Reply(content="never", first_byte_delay=30))
     response = httpx.post(f"{proxy.url}/v1/messages", json=body(), timeout=30, trust_env=False)
     assert response.status_code == 502
@@ -142,8 +127,8 @@ def test_connection_refused_is_quick_and_clear(tmp_path: Path) -> None:
 # -- bad input ---------------------------------------------------------------------------------------------------
 
 
-def test_oversized_body_is_413(ollama: OllamaDouble, tmp_path: Path, own: list[ProxyProcess]) -> None:
-    proxy = launch(ollama, tmp_path, own, "--max-body-size", "2000")
+def test_oversized_body_is_413(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn("--max-body-size", "2000")
     large = body(messages=[{"role": "user", "content": "x" * 5000}])
     response = httpx.post(f"{proxy.url}/v1/messages", json=large, trust_env=False)
     assert response.status_code == 413
@@ -226,8 +211,8 @@ def test_a_hundred_concurrent_streams_through_one_worker(proxy: ProxyProcess, ol
 # -- security ----------------------------------------------------------------------------------------------------
 
 
-def test_api_key(ollama: OllamaDouble, tmp_path: Path, own: list[ProxyProcess]) -> None:
-    proxy = launch(ollama, tmp_path, own, "--api-key", "s3cret-key")
+def test_api_key(ollama: OllamaDouble, spawn: Spawn) -> None:
+    proxy = spawn("--api-key", "s3cret-key")
     url = f"{proxy.url}/v1/messages"
     missing = httpx.post(url, json=body(), trust_env=False)
     assert missing.status_code == 401
@@ -273,14 +258,12 @@ def test_binding_beyond_loopback_without_a_key_warns(ollama: OllamaDouble, tmp_p
     assert any(line.startswith("WARNING: listening on 0.0.0.0 without an API key") for line in lines)
 
 
-def test_no_cors_unless_configured(
-    http: httpx.Client, ollama: OllamaDouble, tmp_path: Path, own: list[ProxyProcess]
-) -> None:
+def test_no_cors_unless_configured(http: httpx.Client, ollama: OllamaDouble, spawn: Spawn) -> None:
     response = http.post("/v1/messages", json=body(), headers={"origin": "http://evil.example"})
     assert "access-control-allow-origin" not in response.headers
     assert http.options("/v1/messages", headers={"origin": "http://evil.example"}).status_code == 405
 
-    proxy = launch(ollama, tmp_path, own, "--cors-origin", "http://app.local")
+    proxy = spawn("--cors-origin", "http://app.local")
     allowed = httpx.post(
         f"{proxy.url}/v1/messages", json=body(), headers={"origin": "http://app.local"}, trust_env=False
     )
