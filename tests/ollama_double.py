@@ -793,6 +793,8 @@ class RecordedRequest:
     body: bytes
     json: Any | None
     received_at: float
+    # The client's address and port: requests sharing it came over one kept-alive connection.
+    peer: str = ""
 
 
 @dataclass
@@ -1642,7 +1644,16 @@ class OllamaDouble:
             parsed = None
         with self._cond:
             self._requests.append(
-                RecordedRequest(req.method, req.path, req.query, dict(req.headers), req.body, parsed, time.monotonic())
+                RecordedRequest(
+                    req.method,
+                    req.path,
+                    req.query,
+                    dict(req.headers),
+                    req.body,
+                    parsed,
+                    time.monotonic(),
+                    peer=str(conn.writer.get_extra_info("peername")),
+                )
             )
             request_index = len(self._requests) - 1
             self._cond.notify_all()

@@ -177,6 +177,16 @@ def test_malformed_upstream_ends_cleanly(
         assert response.json()["error"]["type"] == "api_error"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_connections_are_reused(http: httpx.Client, ollama: OllamaDouble, stream: bool) -> None:
+    for index in range(5):
+        ollama.enqueue(Reply(content=f"answer {index}"))
+        assert http.post("/v1/messages", json=body(stream=stream)).status_code == 200
+    peers = {request.peer for request in ollama.requests if request.path == "/api/chat"}
+    # One kept-alive connection serves them all: no new TCP connection (and Ollama handshake) per request.
+    assert len(peers) == 1
+
+
 # -- concurrency -------------------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from ccop.errors import InvalidRequest, ProxyError, UpstreamError
 from ccop.models import map_model
 from ccop.responses import send_bytes, send_json
 from ccop.settings import Settings
-from ccop.streaming import ClientGone, RelayOutcome, SseStream, idle_watchdog, relay, watch_disconnect
+from ccop.streaming import ClientGone, RelayOutcome, SseStream, drain, idle_watchdog, relay, watch_disconnect
 from ccop.translate import ChatPlan, ModelTraits, build_chat_request
 from ccop.upstream import error_from_response, unreachable
 from ccop.validation import validate_count_tokens_request, validate_messages_request
@@ -276,6 +276,7 @@ class MessagesService:
         disconnected = asyncio.create_task(watch_disconnect(receive))
         sse = SseStream(send, request_id, self.settings.ping_interval) if plan.stream else None
         response: httpx.Response | None = None
+        outcome = RelayOutcome()
         tasks: list[asyncio.Task[Any]] = [disconnected]
         try:
             # Phase 1: wait for Ollama's response headers (model load and prompt reading happen here).
@@ -293,7 +294,6 @@ class MessagesService:
                 await sse.start(translator.start())
 
             # Phase 2: relay the answer, watching the client and the upstream's silence.
-            outcome = RelayOutcome()
             pump = asyncio.create_task(relay(response, translator, sse.write if sse else None, outcome))
             idle = asyncio.create_task(idle_watchdog(outcome, self.settings.idle_timeout))
             tasks += [pump, idle]
@@ -340,7 +340,9 @@ class MessagesService:
             for task in tasks:
                 task.cancel()
             if response is not None:
-                # Closing the response closes its connection: Ollama notices and stops generating.
+                # A finished answer's connection goes back to the pool; any other is closed, and Ollama notices
+                # the closed connection and stops generating.
+                await drain(outcome)
                 await response.aclose()
             if sse is not None and sse.started and not sse.closed:
                 with contextlib.suppress(ClientGone):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -24,7 +24,7 @@ from ccop._core import StreamTranslator, encode_sse
 from ccop._types import Receive, Send
 from ccop.errors import ProxyError, error_event
 
-__all__ = ["ClientGone", "RelayOutcome", "SseStream", "idle_watchdog", "relay", "watch_disconnect"]
+__all__ = ["ClientGone", "RelayOutcome", "SseStream", "drain", "idle_watchdog", "relay", "watch_disconnect"]
 
 PING_FRAME = encode_sse("ping", b'{"type":"ping"}')
 
@@ -42,6 +42,24 @@ class RelayOutcome:
     first_chunk_at: float | None = None
     # Starts at the upstream request, so the idle limit also covers model load and prompt processing.
     last_chunk_at: float = field(default_factory=time.monotonic)
+    # What is left of a finished upstream body (its chunked terminator), for `drain`.
+    rest: AsyncIterator[bytes] | None = None
+
+
+async def drain(outcome: RelayOutcome, timeout: float = 1.0) -> None:
+    """Read the end of a finished upstream body, so httpx returns the connection to its pool.
+
+    Closing it unread instead would make every request open (and Ollama accept) a new TCP connection.
+    """
+    if outcome.rest is None:
+        return
+    with contextlib.suppress(httpx.HTTPError, TimeoutError, asyncio.TimeoutError):
+        await asyncio.wait_for(_exhaust(outcome.rest), timeout)
+
+
+async def _exhaust(chunks: AsyncIterator[bytes]) -> None:
+    async for _ in chunks:
+        pass
 
 
 async def watch_disconnect(receive: Receive) -> None:
@@ -53,15 +71,29 @@ async def watch_disconnect(receive: Receive) -> None:
 
 
 class SseStream:
-    """An open `text/event-stream` response with serialised sends and keep-alive pings."""
+    """An open `text/event-stream` response: one writer task, batched frames, keep-alive pings.
+
+    The relay hands frames over without waiting for the client. A single writer task sends them, and whatever
+    piles up while a send is in flight goes out together with the next one: each ASGI `send` crosses into
+    Granian's I/O thread, so fewer sends for the same frames is most of the proxy's per-token cost. The first
+    frames after a quiet spell go out at once, so batching never delays a first token. Being the only sender,
+    the writer also keeps pings and frames whole and in order without a lock.
+    """
+
+    # Past this many unsent bytes the relay waits for the client (a slow reader must not fill memory).
+    HIGH_WATER = 1 << 20
 
     def __init__(self, send: Send, request_id: str, ping_interval: float) -> None:
         self._send = send
         self._request_id = request_id
         self._ping_interval = ping_interval
-        self._lock = asyncio.Lock()
+        self._pending = bytearray()
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
         self._last_send = time.monotonic()
+        self._writer: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
+        self._failure: ClientGone | None = None
         self.started = False
         self.closed = False
 
@@ -75,41 +107,73 @@ class SseStream:
         ]
         await self._guarded(self._send({"type": "http.response.start", "status": 200, "headers": headers}))
         self.started = True
-        await self.write(first_frames)
+        if first_frames:
+            await self._guarded(self._send({"type": "http.response.body", "body": first_frames, "more_body": True}))
+        self._writer = asyncio.create_task(self._write_loop())
         self._pinger = asyncio.create_task(self._ping_loop())
 
     async def write(self, frames: bytes) -> None:
+        """Queue frames for the client; waits only when the client is far behind."""
+        if self._failure is not None:
+            raise self._failure
         if not frames or self.closed:
             return
-        # The pinger and the relay share the connection; the lock keeps frames whole and in order.
-        async with self._lock:
-            await self._guarded(self._send({"type": "http.response.body", "body": frames, "more_body": True}))
-            self._last_send = time.monotonic()
+        self._pending += frames
+        self._wake.set()
+        if len(self._pending) > self.HIGH_WATER:
+            self._drained.clear()
+            await self._drained.wait()
+            if self._failure is not None:
+                raise self._failure
 
     async def close(self, final_frames: bytes = b"") -> None:
         if self._pinger is not None:
             self._pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pinger
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClientGone):
+                await self._writer
         if self.closed:
             return
-        async with self._lock:
-            self.closed = True
-            await self._guarded(self._send({"type": "http.response.body", "body": final_frames, "more_body": False}))
+        self.closed = True
+        body = bytes(self._pending) + final_frames
+        self._pending.clear()
+        if self._failure is None:
+            await self._guarded(self._send({"type": "http.response.body", "body": body, "more_body": False}))
 
     async def fail(self, error: ProxyError) -> None:
         await self.close(error_event(error.error_type, error.message, self._request_id))
 
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                continue
+            frames = bytes(self._pending)
+            self._pending.clear()
+            try:
+                await self._guarded(self._send({"type": "http.response.body", "body": frames, "more_body": True}))
+            except ClientGone as gone:
+                self._failure = gone
+                self._drained.set()
+                return
+            self._last_send = time.monotonic()
+            if not self._pending:
+                self._drained.set()
+
     async def _ping_loop(self) -> None:
-        while not self.closed:
+        while not self.closed and self._failure is None:
             delay = self._last_send + self._ping_interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
-            try:
+            if not self._pending:
                 await self.write(PING_FRAME)
-            except ClientGone:
-                return
+            # Until the writer has sent something, the deadline has not moved: wait a full interval again.
+            self._last_send = max(self._last_send, time.monotonic())
 
     async def _guarded(self, sending: Awaitable[None]) -> None:
         try:
@@ -130,14 +194,20 @@ async def relay(
 
     `write` is None for a non-streaming client: the translator then only accumulates the message.
     """
-    async for chunk in response.aiter_raw():
+    chunks = response.aiter_raw()
+    async for chunk in chunks:
         outcome.last_chunk_at = time.monotonic()
         if outcome.first_chunk_at is None:
             outcome.first_chunk_at = outcome.last_chunk_at
         frames = translator.feed(chunk)
         if write is not None and frames:
             await write(frames)
-        if translator.done or translator.stopped or translator.error is not None:
+        if translator.stopped or translator.error is not None:
+            # Ollama may still be generating: the caller closes the connection, which stops it.
+            break
+        if translator.done:
+            # Only the chunked terminator is left; `drain` reads it after the client has its answer.
+            outcome.rest = chunks
             break
     tail = translator.finish()
     outcome.error = translator.error
