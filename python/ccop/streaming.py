@@ -94,6 +94,7 @@ class SseStream:
         self._writer: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._failure: ClientGone | None = None
+        self._first_handed_over = False
         self.started = False
         self.closed = False
 
@@ -120,6 +121,12 @@ class SseStream:
             return
         self._pending += frames
         self._wake.set()
+        if not self._first_handed_over:
+            # The first content: let the writer send it right away. Without this turn the relay could read a
+            # whole fast answer from its socket buffer before the first token left. Later frames need no turn:
+            # they accumulate while a send is in flight and leave with the next one.
+            self._first_handed_over = True
+            await asyncio.sleep(0)
         if len(self._pending) > self.HIGH_WATER:
             self._drained.clear()
             await self._drained.wait()
