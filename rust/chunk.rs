@@ -8,6 +8,12 @@
 //! The error check comes first: a line with a non-null top-level `error` is an error whatever else it holds, even
 //! when the rest would not parse as a chat chunk. The error value may be a string (the normal case) or any other
 //! JSON value; [`ChunkError::text`] makes text of either.
+//!
+//! Nearly every line is a plain delta (`message.content` or `message.thinking`) or the done chunk with its
+//! metrics. Those are read by a hand-written pass over the bytes (`json::Cursor`), which skips the fields
+//! the translator ignores (`model`, `created_at`, `role`, …) without decoding them and validates as it goes. Lines
+//! with an error, tool calls or anything unusual (duplicate fields, numbers that are not plain integers, …) go
+//! through serde, which gives the same result or error as it always did.
 
 use std::borrow::Cow;
 
@@ -15,7 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::json::CowStr;
+use crate::json::{CowStr, Cursor};
 
 /// One parsed `/api/chat` line.
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +143,148 @@ struct ErrorOnly<'a> {
 /// Invalid JSON (including invalid UTF-8), a line that is not an object, or a field of the wrong type (unless
 /// the line carries an `error`), with `serde_json`'s message.
 pub fn parse_chunk(line: &[u8]) -> Result<Chunk<'_>, serde_json::Error> {
+    let mut chunk = Chunk::default();
+    parse_chunk_into(line, &mut chunk)?;
+    Ok(chunk)
+}
+
+/// [`parse_chunk`] into an existing `chunk`, which should be [`Chunk::default`]; on error it is left in an
+/// unspecified state.
+///
+/// A `Chunk` is a few hundred bytes, and returning it through `Option` and `Result` layers costs a `memcpy` per
+/// layer; the translator parses every line into one chunk on its stack instead.
+///
+/// # Errors
+///
+/// As [`parse_chunk`].
+pub fn parse_chunk_into<'a>(line: &'a [u8], chunk: &mut Chunk<'a>) -> Result<(), serde_json::Error> {
+    if parse_plain(line, chunk).is_none() {
+        *chunk = parse_serde(line)?;
+    }
+    Ok(())
+}
+
+/// The fast path of [`parse_chunk`]: a chunk without error or tool calls, in one pass, into `chunk` (a default
+/// one); `None` for anything serde must decide.
+fn parse_plain<'a>(line: &'a [u8], chunk: &mut Chunk<'a>) -> Option<()> {
+    // One UTF-8 check for the whole line, instead of one per string.
+    let mut cursor = Cursor::from_str(std::str::from_utf8(line).ok()?);
+    cursor.expect(b'{')?;
+    // Top-level fields seen, one bit each, to leave duplicates to serde (which rejects them).
+    let mut seen = 0u16;
+    let mut first = true;
+    while cursor.next_item(b'}', first)? {
+        first = false;
+        let field = match cursor.key()? {
+            b"error" => 0,
+            b"message" => 1,
+            b"done" => 2,
+            b"done_reason" => 3,
+            b"prompt_eval_count" => 4,
+            b"prompt_eval_cached_count" => 5,
+            b"eval_count" => 6,
+            b"total_duration" => 7,
+            b"load_duration" => 8,
+            b"prompt_eval_duration" => 9,
+            b"eval_duration" => 10,
+            _ => {
+                cursor.skip_value()?;
+                continue;
+            }
+        };
+        let bit = 1u16 << field;
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        match field {
+            // `error: null` is no error; any other error value is serde's (it keeps the raw value).
+            0 => cursor.literal(b"null")?,
+            1 => plain_message(&mut cursor, &mut chunk.message)?,
+            2 => {
+                chunk.done = match cursor.peek()? {
+                    b't' => cursor.literal(b"true").map(|()| true)?,
+                    _ => cursor.literal(b"false").map(|()| false)?,
+                }
+            }
+            3 => optional_string(&mut cursor, &mut chunk.done_reason)?,
+            _ => optional_count(
+                &mut cursor,
+                match field {
+                    4 => &mut chunk.prompt_eval_count,
+                    5 => &mut chunk.prompt_eval_cached_count,
+                    6 => &mut chunk.eval_count,
+                    7 => &mut chunk.total_duration,
+                    8 => &mut chunk.load_duration,
+                    9 => &mut chunk.prompt_eval_duration,
+                    _ => &mut chunk.eval_duration,
+                },
+            )?,
+        }
+    }
+    cursor.end()
+}
+
+/// `message` into `slot`: `null`, or an object whose `content` and `thinking` are read; `tool_calls` other than
+/// `null` are left to serde. `None`: not for the fast path.
+fn plain_message<'a>(cursor: &mut Cursor<'a>, slot: &mut Option<ChunkMessage<'a>>) -> Option<()> {
+    if cursor.peek()? == b'n' {
+        return cursor.literal(b"null");
+    }
+    cursor.expect(b'{')?;
+    let message = slot.insert(ChunkMessage::default());
+    let mut seen = 0u8;
+    let mut first = true;
+    while cursor.next_item(b'}', first)? {
+        first = false;
+        let field = match cursor.key()? {
+            b"content" => 0,
+            b"thinking" => 1,
+            b"tool_calls" => 2,
+            _ => {
+                cursor.skip_value()?;
+                continue;
+            }
+        };
+        if seen & 1 << field != 0 {
+            return None;
+        }
+        seen |= 1 << field;
+        match field {
+            0 => optional_string(cursor, &mut message.content)?,
+            1 => optional_string(cursor, &mut message.thinking)?,
+            _ => cursor.literal(b"null")?,
+        }
+    }
+    Some(())
+}
+
+/// A string (borrowed unless it has escapes) or `null`, into `slot`.
+fn optional_string<'a>(cursor: &mut Cursor<'a>, slot: &mut Option<CowStr<'a>>) -> Option<()> {
+    if cursor.peek()? == b'n' {
+        return cursor.literal(b"null");
+    }
+    *slot = Some(CowStr(cursor.string_value()?));
+    Some(())
+}
+
+/// A count or duration into `slot`: a plain non-negative integer that fits in a `u64`, or `null`. Other numbers
+/// (negative, fractional, exponent, too large) are left to serde.
+fn optional_count(cursor: &mut Cursor<'_>, slot: &mut Option<u64>) -> Option<()> {
+    if cursor.peek()? == b'n' {
+        return cursor.literal(b"null");
+    }
+    let digits = cursor.number()?;
+    let value = digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })?;
+    *slot = Some(value);
+    Some(())
+}
+
+/// [`parse_chunk`] with serde: the reference, used for every line the fast path leaves alone.
+fn parse_serde(line: &[u8]) -> Result<Chunk<'_>, serde_json::Error> {
     // serde would read a struct from a JSON array (positionally); a chunk must be an object.
     if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         serde_json::from_slice::<serde::de::IgnoredAny>(line)?;
@@ -282,7 +430,104 @@ mod tests {
         }
     }
 
+    /// Chunk lines as Ollama writes them, with now and then an odd field: duplicated, null, of the wrong type, a
+    /// non-integer count, an error, tool calls, unknown fields.
+    fn chunk_line() -> impl Strategy<Value = Vec<u8>> {
+        let text = prop_oneof!["[a-z ]{0,12}", any::<String>(), "[ a\"\\\\/\n\t\u{1}é😀]{0,8}"];
+        let value = prop_oneof![
+            3 => text.clone().prop_map(|s| json!(s)),
+            1 => Just(json!(null)),
+            1 => Just(json!(true)),
+            1 => Just(json!(false)),
+            1 => prop_oneof![Just(json!(0)), Just(json!(18234)), Just(json!(u64::MAX)), Just(json!(-1)), Just(json!(1.5)), Just(json!(1e30))],
+            1 => Just(json!({"content": "x"})),
+            1 => Just(json!([{"function": {"name": "Read", "arguments": {"a": 1}}}])),
+        ];
+        let key = prop_oneof![
+            Just("model"),
+            Just("created_at"),
+            Just("message"),
+            Just("done"),
+            Just("done_reason"),
+            Just("error"),
+            Just("prompt_eval_count"),
+            Just("eval_count"),
+            Just("total_duration"),
+            Just("eval_duration"),
+            Just("x"),
+        ];
+        let message_key = prop_oneof![
+            Just("role"),
+            Just("content"),
+            Just("thinking"),
+            Just("tool_calls"),
+            Just("images")
+        ];
+        let message = proptest::collection::vec((message_key, value.clone()), 0..4);
+        let members = proptest::collection::vec((key, value, message, any::<bool>()), 0..7);
+        (members, any::<bool>()).prop_map(|(members, pretty)| {
+            use std::fmt::Write;
+            let mut line = String::from("{");
+            for (i, (key, value, message, as_message)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    line.push(',');
+                }
+                let value = if key == "message" && as_message {
+                    let fields: Vec<String> = message.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                } else {
+                    value.to_string()
+                };
+                write!(line, "{key:?}:{value}").unwrap();
+                if pretty {
+                    line.push_str(" \n");
+                }
+            }
+            line.push('}');
+            line.into_bytes()
+        })
+    }
+
+    /// Every outcome of [`parse_chunk`] (chunk or error message) is serde's.
+    fn assert_same_as_serde(line: &[u8]) -> Result<(), TestCaseError> {
+        let fast = parse_chunk(line)
+            .map(|chunk| format!("{chunk:?}"))
+            .map_err(|err| err.to_string());
+        let reference = parse_serde(line)
+            .map(|chunk| format!("{chunk:?}"))
+            .map_err(|err| err.to_string());
+        prop_assert_eq!(fast, reference, "{}", String::from_utf8_lossy(line));
+        Ok(())
+    }
+
     proptest! {
+        #[test]
+        fn chunks_match_serde(line in chunk_line()) {
+            assert_same_as_serde(&line)?;
+        }
+
+        #[test]
+        fn mutated_chunks_match_serde(line in chunk_line(), edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..4)) {
+            let mut line = line;
+            for (at, byte, op) in edits {
+                let at = at % (line.len() + 1);
+                match op {
+                    0 if at < line.len() => line[at] = byte,
+                    1 if at < line.len() => { line.remove(at); }
+                    _ => line.insert(at, byte),
+                }
+            }
+            assert_same_as_serde(&line)?;
+        }
+
+        /// The usual chunks take the fast path.
+        #[test]
+        fn plain_chunks_take_the_fast_path(content in any::<String>(), done in any::<bool>(), count in any::<u64>()) {
+            let line = serde_json::to_vec(&json!({"model": "m", "created_at": "t", "message": {"role": "assistant", "content": content},
+                "done": done, "done_reason": "stop", "eval_count": count, "prompt_eval_count": null})).unwrap();
+            prop_assert!(parse_plain(&line, &mut Chunk::default()).is_some());
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_chunk(&bytes);

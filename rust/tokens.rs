@@ -5,8 +5,7 @@
 //! `ceil(chars / 4)`. Prose lands near real BPE counts; code and JSON (long runs without spaces) count about
 //! chars/4, which is what tokenizers do with them too.
 //!
-//! [`count_request`] walks a whole Messages request body with borrowed serde structs (no copies of the strings
-//! unless they contain escapes) and adds up every part the model reads:
+//! [`count_request`] adds up every part of a Messages request body that the model reads:
 //!
 //! | part | counted as |
 //! |---|---|
@@ -28,6 +27,28 @@
 //! ([`CoreError::InvalidJson`]): invalid JSON, a body that is not an object, and containers of the wrong kind at
 //! the request level (`messages`/`tools` not arrays, a message or tool that is not an object, a tool `name` or
 //! `description` that is not a string).
+//!
+//! # How it runs
+//!
+//! A request is counted in one pass over its bytes, without allocating: a hand-written walker (`json::Cursor`)
+//! validates the JSON as it goes, follows the few fields that matter and feeds string contents straight into the
+//! word counter, decoding escapes on the fly. Blocks are read in one pass even though `type` may come after the
+//! text: until the type is known, each candidate field is counted on its own and the block's total is chosen at
+//! its closing brace. Only a block that ends up counted as compact JSON (unknown type, odd field) is read twice.
+//!
+//! Strings are scanned 64 bytes at a time with SIMD compares (through the `wide` crate: SSE2, NEON, or plain
+//! code elsewhere), each window becoming bit masks of one bit per byte: separator, character start, or neither
+//! (UTF-8 continuation bytes). Escapes are folded into the masks where they are met (`\n` becomes two separator
+//! bits, the second byte of `\"` is dropped, …), UTF-8 is validated from the same masks, and short plain strings
+//! (keys, names, schema words) take an 8-byte shortcut. Runs of non-separator bits are words, and a word of `n`
+//! characters gets a token at its 1st, 5th, 9th, … character, so tokens are counted with a few additions and one
+//! popcount per window instead of a branch per word (see `Counter::window`). [`count_text`] uses the same
+//! counter.
+//!
+//! The walker is exact on the requests it accepts and gives up on anything unusual: invalid JSON, but also valid
+//! JSON it does not bother with (duplicate fields, escaped field names, lone surrogates, objects or numbers as
+//! `content`, messages given as arrays, deep nesting). Those bodies go through the original serde implementation,
+//! which stays the reference: same counts, same error messages.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -37,7 +58,7 @@ use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::errors::CoreError;
-use crate::json::CowStr;
+use crate::json::{self, CowStr, Cursor, SWAR_HIGH, SWAR_ONES, Window, below, deeper, swar_string_stops, unescape_at};
 
 /// Tokens charged for one image, whatever its size.
 ///
@@ -56,139 +77,454 @@ pub const DOCUMENT_TOKENS: usize = 3000;
 /// being walked, so hostile input cannot exhaust the stack.
 const MAX_BLOCK_DEPTH: usize = 32;
 
-/// Byte classes for the counting loops.
-const WORD: u8 = 0;
-const SPACE: u8 = 1;
-const CONTINUATION: u8 = 2;
-/// First byte of a multi-byte character that may be whitespace (U+0085, U+00A0, U+1680, U+2000–U+3000).
-const MAYBE_SPACE: u8 = 3;
+// ---------------------------------------------------------------------------------------------------------------
+// The word counter
+// ---------------------------------------------------------------------------------------------------------------
 
-const CLASS: [u8; 256] = {
-    let mut table = [WORD; 256];
-    // ASCII whitespace per `char::is_whitespace`: U+0009–U+000D and U+0020.
-    table[0x09] = SPACE;
-    table[0x0A] = SPACE;
-    table[0x0B] = SPACE;
-    table[0x0C] = SPACE;
-    table[0x0D] = SPACE;
-    table[0x20] = SPACE;
-    let mut i = 0x80;
-    while i < 0xC0 {
-        table[i] = CONTINUATION;
-        i += 1;
-    }
-    table[0xC2] = MAYBE_SPACE;
-    table[0xE1] = MAYBE_SPACE;
-    table[0xE2] = MAYBE_SPACE;
-    table[0xE3] = MAYBE_SPACE;
-    table
-};
-
-/// Whether the (valid UTF-8) character starting at `bytes[i]`, whose first byte is classed [`MAYBE_SPACE`], is
-/// whitespace. Byte patterns of every non-ASCII `White_Space` character.
-#[inline]
-fn unicode_space_at(bytes: &[u8], i: usize) -> bool {
-    let b1 = bytes.get(i + 1).copied().unwrap_or(0);
-    match bytes[i] {
-        0xC2 => b1 == 0x85 || b1 == 0xA0,
-        0xE1 => b1 == 0x9A && bytes.get(i + 2) == Some(&0x80),
-        0xE2 => {
-            let b2 = bytes.get(i + 2).copied().unwrap_or(0);
-            (b1 == 0x80 && (b2 <= 0x8A || b2 == 0xA8 || b2 == 0xA9 || b2 == 0xAF)) || (b1 == 0x81 && b2 == 0x9F)
-        }
-        0xE3 => b1 == 0x80 && bytes.get(i + 2) == Some(&0x80),
-        _ => false,
-    }
-}
+/// Bits `k`, `k + 4`, `k + 8`, … for each `k` in 0..4.
+const PHASE_BITS: [u64; 4] = [
+    0x1111_1111_1111_1111,
+    0x2222_2222_2222_2222,
+    0x4444_4444_4444_4444,
+    0x8888_8888_8888_8888,
+];
 
 /// Running state of the word counter.
-#[derive(Default)]
+///
+/// A word of `n` characters is `ceil(n / 4)` tokens, which is one token for each of its characters at positions
+/// 0, 4, 8, … in the word. So the counter only needs to know where it is in the current word modulo 4 (`phase`):
+/// a character at phase 0 adds a token. A separator resets the phase; being outside any word is phase 0 too.
+#[derive(Debug, Default)]
 struct Counter {
     tokens: usize,
-    /// Characters in the current word so far.
-    word: usize,
+    /// Characters in the current word so far, modulo 4.
+    phase: u32,
 }
 
 impl Counter {
+    /// Add `n` characters to the current word.
     #[inline]
-    fn end_word(&mut self) {
-        self.tokens += self.word.div_ceil(4);
-        self.word = 0;
+    fn chars(&mut self, n: u32) {
+        self.tokens += ((self.phase + n).div_ceil(4) - u32::from(self.phase > 0)) as usize;
+        self.phase = (self.phase + n) % 4;
     }
 
-    /// Account for text byte `bytes[i]`.
+    /// End the current word.
     #[inline]
-    fn text_byte(&mut self, bytes: &[u8], i: usize) {
-        match CLASS[bytes[i] as usize] {
-            WORD => self.word += 1,
-            SPACE => self.end_word(),
-            CONTINUATION => {}
-            _ => {
-                if unicode_space_at(bytes, i) {
-                    self.end_word();
-                } else {
-                    self.word += 1;
-                }
-            }
+    fn separator(&mut self) {
+        self.phase = 0;
+    }
+
+    /// Count a window of `len` bytes (1..=64) described by bit masks: `chars` has a bit for each byte that starts
+    /// a character, `seps` for each separator byte; other bytes are transparent (they neither count nor separate:
+    /// UTF-8 continuation bytes). The current word continues into the window.
+    ///
+    /// Transparent bytes are first deleted from the masks (each run of them shifts the bits above it down), so
+    /// that every remaining bit is one character or one separator. Words are then runs of non-separator bits, and
+    /// a word's tokens are at its characters of rank 0, 4, 8, …: the bits of the run whose position modulo 4 is
+    /// the start's. Grouping the runs by the position of their start modulo 4, `words + starts` clears the runs
+    /// of a group (the carry ripples through each), so `words & !(words + starts)` is the group's runs and
+    /// `& PHASE_BITS[k]` their tokens: four additions and one popcount for the whole window, no branch per word.
+    /// The run continuing the previous window is grouped by where its word really started.
+    #[inline]
+    fn window(&mut self, chars: u64, seps: u64, len: usize) {
+        debug_assert!((1..=64).contains(&len));
+        #[expect(clippy::cast_possible_truncation, reason = "a window is at most 64 bytes")]
+        let mut len = len as u32;
+        let mut words = !seps & below(len as usize);
+        let mut transparent = words & !chars;
+        while transparent != 0 {
+            let at = transparent.trailing_zeros();
+            let run = (!(transparent >> at)).trailing_zeros();
+            let keep = below(at as usize);
+            // `run` may be 64 (transparent to the end of a full window): shift in two steps.
+            words = (words & keep) | ((words >> (run - 1) >> 1) & !keep);
+            transparent = (transparent >> (run - 1) >> 1) & !keep;
+            len -= run;
         }
+        if len == 0 {
+            return;
+        }
+        let last = 1u64 << (len - 1);
+        let starts = words & !(words << 1);
+        let leading = words & 1;
+        let leading_group = ((4 - self.phase) % 4) as usize;
+        let others = starts & !leading;
+        let mut marks = 0;
+        for (group, phase_bits) in PHASE_BITS.iter().enumerate() {
+            let group_starts = (others & phase_bits) | if group == leading_group { leading } else { 0 };
+            marks |= words & !words.wrapping_add(group_starts) & phase_bits;
+        }
+        self.tokens += marks.count_ones() as usize;
+        self.phase = if words & last == 0 {
+            0
+        } else {
+            // The word reaching the end of the window: its characters so far, modulo 4.
+            let start = starts.ilog2();
+            let length = if start == 0 { self.phase + len } else { len - start };
+            length % 4
+        };
     }
 
-    fn finish(mut self) -> usize {
-        self.end_word();
+    fn finish(&self) -> usize {
         self.tokens
     }
+}
+
+/// The length of the whitespace character starting at `bytes[i]` (a UTF-8 lead byte), or 0 when it is not
+/// whitespace. Byte patterns of every non-ASCII `White_Space` character: U+0085, U+00A0, U+1680, U+2000–U+200A,
+/// U+2028, U+2029, U+202F, U+205F, U+3000.
+#[inline]
+fn unicode_space_len(bytes: &[u8], i: usize) -> usize {
+    let b1 = bytes.get(i + 1).copied().unwrap_or(0);
+    let b2 = bytes.get(i + 2).copied().unwrap_or(0);
+    match bytes[i] {
+        0xC2 if b1 == 0x85 || b1 == 0xA0 => 2,
+        0xE1 if b1 == 0x9A && b2 == 0x80 => 3,
+        0xE2 if (b1 == 0x80 && (b2 <= 0x8A || b2 == 0xA8 || b2 == 0xA9 || b2 == 0xAF))
+            || (b1 == 0x81 && b2 == 0x9F) =>
+        {
+            3
+        }
+        0xE3 if b1 == 0x80 && b2 == 0x80 => 3,
+        _ => 0,
+    }
+}
+
+/// The non-ASCII whitespace of a window whose non-ASCII bytes are `highs` (not empty): all the bytes of each such
+/// character. Candidates are found by their first two bytes in vector registers, then checked one by one.
+#[inline]
+fn unicode_spaces(window: Window, bytes: &[u8], pos: usize, highs: u64) -> u64 {
+    let mut candidates = window.space_leads(Window::load(bytes, pos + 1)) & highs;
+    let mut spaces = 0;
+    while candidates != 0 {
+        let lane = candidates.trailing_zeros() as usize;
+        // A character reaching past the window leaves its last bytes to the next one, as transparent bytes.
+        spaces |= below(unicode_space_len(bytes, pos + lane)) << lane;
+        candidates &= candidates - 1;
+    }
+    spaces
 }
 
 /// Estimate the tokens in `text`: per whitespace-separated word, `ceil(chars / 4)` (so 1 for up to 4 chars).
 ///
 /// `"hello world"` → 4, `"abcdefghij"` → 3, `""` → 0. Characters are Unicode scalar values and whitespace is
-/// `char::is_whitespace`, decided from the UTF-8 bytes without decoding. All-ASCII runs are processed eight
-/// bytes at a time; only 8-byte blocks holding non-ASCII bytes go byte by byte.
+/// `char::is_whitespace`, decided from the UTF-8 bytes without decoding, 64 bytes at a time.
 pub fn count_text(text: &str) -> usize {
     let bytes = text.as_bytes();
     let mut counter = Counter::default();
-    let (blocks, _) = bytes.as_chunks::<8>();
-    for (n, block) in blocks.iter().enumerate() {
-        let word = u64::from_le_bytes(*block);
-        if word & HIGH_BITS != 0 {
-            for i in n * 8..n * 8 + 8 {
-                counter.text_byte(bytes, i);
-            }
-            continue;
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let len = (bytes.len() - pos).min(64);
+        let window = Window::load(bytes, pos);
+        let mut seps = window.ascii_whitespace();
+        let highs = if window.any_high() {
+            window.high() & below(len)
+        } else {
+            0
+        };
+        let mut chars = !seps;
+        if highs != 0 {
+            seps |= unicode_spaces(window, bytes, pos, highs);
+            chars = !seps & !window.continuation();
         }
-        // Whitespace bytes of the block, one flag bit (bit 7) per byte, lowest byte first.
-        let mut spaces = ascii_space_flags(word);
-        let mut start = 0;
-        while spaces != 0 {
-            let at = (spaces.trailing_zeros() / 8) as usize;
-            counter.word += at - start;
-            counter.end_word();
-            start = at + 1;
-            spaces &= spaces - 1;
-        }
-        counter.word += 8 - start;
-    }
-    for i in blocks.len() * 8..bytes.len() {
-        counter.text_byte(bytes, i);
+        counter.window(chars, seps, len);
+        pos += len;
     }
     counter.finish()
 }
 
-/// Bit 7 of every byte.
-const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
-/// 1 in every byte.
-const ONES: u64 = 0x0101_0101_0101_0101;
+// ---------------------------------------------------------------------------------------------------------------
+// Strings and JSON values
+// ---------------------------------------------------------------------------------------------------------------
 
-/// For eight ASCII bytes (all below 0x80), bit 7 of each byte set iff that byte is ASCII whitespace
-/// (0x09–0x0D or 0x20). Adding `0x80 - k` to a byte below 0x80 cannot carry into the next byte and sets bit 7
-/// exactly when the byte is at least `k`, which gives both range tests; `+ 0x7F` after xor-ing with 0x20 sets
-/// bit 7 exactly for the bytes that are not 0x20.
+/// How an escape sequence of `len` bytes for `c` counts: `None` when it is a separator, or the number of
+/// characters it makes (its first bytes stand for them; the rest of the sequence is dropped from the count).
+///
+/// As text (`JSON = false`) the escape is the character it stands for. As compact JSON (`JSON = true`) it counts
+/// as `serde_json` would write it: `\/` becomes `/`; `"`, `\` and the control characters with a short form stay
+/// two characters (`\n`); other control characters become `\u001f` (six); anything else is the character itself.
 #[inline]
-fn ascii_space_flags(word: u64) -> u64 {
-    let at_least_tab = word + ONES * (0x80 - 0x09);
-    let above_cr = word + ONES * (0x80 - 0x0E);
-    let not_space = (word ^ (ONES * 0x20)) + ONES * 0x7F;
-    ((at_least_tab & !above_cr) | !not_space) & HIGH_BITS
+const fn escape_chars<const JSON: bool>(c: char, len: usize) -> Option<usize> {
+    if JSON {
+        match c {
+            '/' if len == 2 => Some(1),
+            _ if len == 2 => Some(2),
+            '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => Some(2),
+            c if (c as u32) < 0x20 => Some(6),
+            c if c.is_whitespace() => None,
+            _ => Some(1),
+        }
+    } else if c.is_whitespace() {
+        None
+    } else {
+        Some(1)
+    }
+}
+
+/// [`SHORT_ESCAPES`] entry for a byte that does not make a two-byte escape: `u` (a `\uXXXX` escape) or invalid.
+const LONG_ESCAPE: u8 = 0x80;
+
+/// [`SHORT_ESCAPES`] entry for an escape that is a separator.
+const SEPARATOR_ESCAPE: u8 = 0;
+
+/// `mask` without its bits `at..at + count`, the bits above them shifted down (`at + count` ≤ 64).
+#[inline]
+fn drop_bits(mask: u64, at: usize, count: usize) -> u64 {
+    let keep = below(at);
+    (mask & keep) | ((mask >> (count - 1) >> 1) & !keep)
+}
+
+/// [`escape_chars`] of the two-byte escapes, by the byte after the backslash, as text (`[0]`) and as JSON
+/// (`[1]`): [`SEPARATOR_ESCAPE`], or the number of characters (1 or 2); [`LONG_ESCAPE`] for any other byte.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "bytes are below 256, character counts below 3"
+)]
+const SHORT_ESCAPES: [[u8; 256]; 2] = {
+    let mut tables = [[LONG_ESCAPE; 256]; 2];
+    let mut json = 0;
+    while json < 2 {
+        let mut byte = 0;
+        while byte < 256 {
+            let c = match byte as u8 {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                _ => {
+                    byte += 1;
+                    continue;
+                }
+            };
+            let chars = if json == 1 {
+                escape_chars::<true>(c, 2)
+            } else {
+                escape_chars::<false>(c, 2)
+            };
+            tables[json][byte] = match chars {
+                Some(chars) => chars as u8,
+                None => SEPARATOR_ESCAPE,
+            };
+            byte += 1;
+        }
+        json += 1;
+    }
+    tables
+};
+
+/// Count the rest of a string whose opening quote was just read, and read its closing quote: as decoded text
+/// (`JSON = false`), or its contents as compact JSON writes them (`JSON = true`; the quotes are the caller's).
+///
+/// Validates like [`Cursor::string_body`]. Escapes are folded into the window's bit masks, so a string is
+/// scanned 64 bytes at a time whatever it holds.
+fn count_string<const JSON: bool>(cursor: &mut Cursor<'_>, counter: &mut Counter) -> Option<()> {
+    let bytes = cursor.bytes;
+    let start = cursor.pos;
+    // Short plain strings (keys, names, types, schema words) are one word of ASCII: when the closing quote is
+    // the first special byte of the next eight, no window is needed.
+    if let Some(word) = bytes.get(start..).and_then(<[u8]>::first_chunk::<8>) {
+        let word = u64::from_le_bytes(*word);
+        let spaces = word ^ (SWAR_ONES * u64::from(b' '));
+        let specials =
+            swar_string_stops(word) | (spaces.wrapping_sub(SWAR_ONES) & !spaces & SWAR_HIGH) | (word & SWAR_HIGH);
+        let lane = (specials.trailing_zeros() / 8) as usize;
+        if specials != 0 && bytes[start + lane] == b'"' {
+            #[expect(clippy::cast_possible_truncation, reason = "at most 7")]
+            counter.chars(lane as u32);
+            cursor.pos = start + lane + 1;
+            return Some(());
+        }
+    }
+    let mut utf8 = Utf8::default();
+    loop {
+        let pos = cursor.pos;
+        let window = Window::load(bytes, pos);
+        let mut stops = window.string_stops();
+        let mut seps = window.eq(b' ');
+        // UTF-8 continuation bytes: transparent for the counter.
+        let mut transparent = 0;
+        let highs = if window.any_high() { window.high() } else { 0 };
+        if highs != 0 {
+            seps |= unicode_spaces(window, bytes, pos, highs);
+            transparent = window.continuation();
+        }
+        let continuation = transparent;
+        // The bytes of escape sequences beyond the characters they make are dropped from `seps` and
+        // `transparent` as the escapes are met (lowest first): a byte at `lane` is then at `lane - dropped`.
+        let mut dropped = 0;
+        let mut len = 64;
+        let mut closed = false;
+        while stops != 0 {
+            let lane = stops.trailing_zeros() as usize;
+            let at = pos + lane;
+            match *bytes.get(at)? {
+                b'"' => {
+                    len = lane;
+                    closed = true;
+                    break;
+                }
+                b'\\' if lane <= 64 - 12 => {
+                    // What a two-byte escape makes comes from a table; `\u` escapes are decoded.
+                    let class = SHORT_ESCAPES[usize::from(JSON)][usize::from(*bytes.get(at + 1)?)];
+                    let (chars, escape_len) = if class == LONG_ESCAPE {
+                        let (c, escape_len) = unescape_at(bytes, at)?;
+                        (escape_chars::<JSON>(c, escape_len), escape_len)
+                    } else if class == SEPARATOR_ESCAPE {
+                        (None, 2)
+                    } else {
+                        (Some(usize::from(class)), 2)
+                    };
+                    let lane_now = lane - dropped;
+                    match chars {
+                        None => seps |= below(escape_len) << lane_now,
+                        Some(chars) if chars < escape_len => {
+                            seps = drop_bits(seps, lane_now + chars, escape_len - chars);
+                            transparent = drop_bits(transparent, lane_now + chars, escape_len - chars);
+                            dropped += escape_len - chars;
+                        }
+                        Some(_) => {}
+                    }
+                    stops &= !below(lane + escape_len);
+                }
+                // An escape that may reach past the window: the next window starts with it.
+                b'\\' => {
+                    len = lane;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        utf8.window(window, highs & below(len), continuation, len)?;
+        let kept = len - dropped;
+        if (seps | transparent) & below(kept) == 0 {
+            // One run of characters (often a whole short string): no window arithmetic needed.
+            #[expect(clippy::cast_possible_truncation, reason = "a window is at most 64 bytes")]
+            counter.chars(kept as u32);
+        } else {
+            counter.window(!seps & !transparent, seps, kept);
+        }
+        cursor.pos = pos + len;
+        if closed {
+            cursor.pos += 1;
+            return utf8.finish(&bytes[start..pos + len]);
+        }
+    }
+}
+
+/// UTF-8 validation of a string scanned window by window, from the window's bit masks: every lead byte must be
+/// followed by exactly the continuation bytes its length asks for, and nothing else may be a continuation byte.
+/// That structure settles validity for all lead bytes but E0, ED, F0–F4 (which limit their second byte) and the
+/// invalid C0, C1, F5–FF; a string holding any of those is checked with `str::from_utf8` at its end.
+#[derive(Default)]
+struct Utf8 {
+    /// Continuation bytes the next window must start with (bit `i`: byte `i`).
+    pending: u64,
+    /// Whether the string needs `str::from_utf8` at its end.
+    check_at_end: bool,
+}
+
+impl Utf8 {
+    /// Account for the first `len` bytes of `window`, whose non-ASCII bytes are `highs` and continuation bytes
+    /// `continuation` (computed only when `highs` is not empty).
+    #[inline]
+    fn window(&mut self, window: Window, highs: u64, continuation: u64, len: usize) -> Option<()> {
+        if highs | self.pending == 0 || self.check_at_end {
+            return Some(());
+        }
+        let live = below(len);
+        let continuation = continuation & live;
+        let (long, special) = window.utf8_leads();
+        if special & live != 0 {
+            self.check_at_end = true;
+            return Some(());
+        }
+        let leads = highs & !continuation;
+        let long = long & live;
+        let wanted = (leads << 1) | (long << 2) | self.pending;
+        if wanted & live != continuation {
+            return None;
+        }
+        // What the last lead bytes still ask of the next window; a window cut short ends before an ASCII byte.
+        self.pending = if len == 64 { leads >> 63 | long >> 62 } else { 0 };
+        (len == 64 || wanted & !live == 0).then_some(())
+    }
+
+    /// The verdict for the whole string, given its raw bytes.
+    fn finish(&self, raw: &[u8]) -> Option<()> {
+        if self.check_at_end {
+            std::str::from_utf8(raw).ok()?;
+        }
+        Some(())
+    }
+}
+
+/// Count a whole string value as text (after optional whitespace).
+fn text_tokens(cursor: &mut Cursor<'_>) -> Option<usize> {
+    cursor.expect(b'"')?;
+    let mut counter = Counter::default();
+    count_string::<false>(cursor, &mut counter)?;
+    Some(counter.finish())
+}
+
+/// Count one value as compact JSON, validating it: whitespace outside strings is dropped without ending a word.
+fn count_json_value(cursor: &mut Cursor<'_>, counter: &mut Counter, depth: u32) -> Option<()> {
+    match cursor.peek()? {
+        b'"' => {
+            cursor.pos += 1;
+            counter.chars(1);
+            count_string::<true>(cursor, counter)?;
+            counter.chars(1);
+        }
+        open @ (b'{' | b'[') => {
+            cursor.pos += 1;
+            counter.chars(1);
+            let depth = deeper(depth)?;
+            let close = if open == b'{' { b'}' } else { b']' };
+            let mut first = true;
+            // Each step reads a `,` (or, at the end, the closing bracket): one character either way.
+            while cursor.next_item(close, first)? {
+                if !first {
+                    counter.chars(1);
+                }
+                first = false;
+                if open == b'{' {
+                    cursor.expect(b'"')?;
+                    counter.chars(1);
+                    count_string::<true>(cursor, counter)?;
+                    cursor.expect(b':')?;
+                    counter.chars(2);
+                }
+                count_json_value(cursor, counter, depth)?;
+            }
+            counter.chars(1);
+        }
+        b't' => {
+            cursor.literal(b"true")?;
+            counter.chars(4);
+        }
+        b'f' => {
+            cursor.literal(b"false")?;
+            counter.chars(5);
+        }
+        b'n' => {
+            cursor.literal(b"null")?;
+            counter.chars(4);
+        }
+        _ => counter.chars(u32::try_from(cursor.number()?.len()).ok()?),
+    }
+    Some(())
+}
+
+/// Count one value as compact JSON on its own (a fresh word counter).
+fn json_tokens(cursor: &mut Cursor<'_>) -> Option<usize> {
+    let mut counter = Counter::default();
+    count_json_value(cursor, &mut counter, 0)?;
+    Some(counter.finish())
 }
 
 /// Estimate the tokens of a JSON document as if it were serialised compactly.
@@ -203,6 +539,16 @@ fn ascii_space_flags(word: u64) -> u64 {
 ///
 /// The input should be valid JSON text (e.g. a [`RawValue`]); anything else still gives a number, never a panic.
 pub fn count_json(json: &str) -> usize {
+    let mut cursor = Cursor::new(json.as_bytes());
+    match json_tokens(&mut cursor) {
+        Some(tokens) if cursor.end().is_some() => tokens,
+        _ => count_json_lenient(json),
+    }
+}
+
+/// [`count_json`] for text that is not valid JSON (or that the fast path leaves alone, e.g. lone surrogates):
+/// a byte-by-byte scan with the same rules, which tracks only whether it is inside a string.
+fn count_json_lenient(json: &str) -> usize {
     let bytes = json.as_bytes();
     let mut counter = Counter::default();
     let mut in_string = false;
@@ -210,13 +556,9 @@ pub fn count_json(json: &str) -> usize {
     while i < bytes.len() {
         let byte = bytes[i];
         if !in_string {
-            match byte {
-                b' ' | b'\t' | b'\n' | b'\r' => {}
-                b'"' => {
-                    in_string = true;
-                    counter.word += 1;
-                }
-                _ => counter.word += 1,
+            if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+                in_string = byte == b'"';
+                counter.chars(1);
             }
             i += 1;
             continue;
@@ -224,39 +566,61 @@ pub fn count_json(json: &str) -> usize {
         match byte {
             b'"' => {
                 in_string = false;
-                counter.word += 1;
+                counter.chars(1);
                 i += 1;
             }
-            b'\\' => i += count_escape(bytes, i, &mut counter),
+            b'\\' => i += count_escape_lenient(bytes, i, &mut counter),
+            // Inside a string of a `&str`, so `i` is on a character boundary here.
             _ => {
-                counter.text_byte(bytes, i);
-                i += 1;
+                let space = if byte.is_ascii() {
+                    usize::from(matches!(byte, b'\t'..=b'\r' | b' '))
+                } else {
+                    unicode_space_len(bytes, i)
+                };
+                if space > 0 {
+                    counter.separator();
+                    i += space;
+                } else {
+                    counter.chars(1);
+                    i += json_char_len(byte);
+                }
             }
         }
     }
     counter.finish()
 }
 
+/// The length of the UTF-8 character whose first byte is `byte`.
+fn json_char_len(byte: u8) -> usize {
+    match byte {
+        0xF0.. => 4,
+        0xE0.. => 3,
+        0xC0.. => 2,
+        _ => 1,
+    }
+}
+
 /// Account for the escape starting at `bytes[i]` (a backslash) as serialised by `serde_json`; returns its length.
-fn count_escape(bytes: &[u8], i: usize, counter: &mut Counter) -> usize {
+/// Lenient: malformed escapes count as written and a lone surrogate as U+FFFD.
+fn count_escape_lenient(bytes: &[u8], i: usize, counter: &mut Counter) -> usize {
     match bytes.get(i + 1) {
         None => {
-            counter.word += 1;
+            counter.chars(1);
             1
         }
         Some(b'/') => {
-            counter.word += 1;
+            counter.chars(1);
             2
         }
         Some(b'u') => {
-            let Some(unit) = hex4(bytes, i + 2) else {
-                counter.word += 2;
+            let Some(unit) = json::hex4(bytes, i + 2) else {
+                counter.chars(2);
                 return 2;
             };
             let (code, len) = if (0xD800..0xDC00).contains(&unit)
                 && bytes.get(i + 6) == Some(&b'\\')
                 && bytes.get(i + 7) == Some(&b'u')
-                && let Some(low) = hex4(bytes, i + 8)
+                && let Some(low) = json::hex4(bytes, i + 8)
                 && (0xDC00..0xE000).contains(&low)
             {
                 (0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00), 12)
@@ -264,27 +628,23 @@ fn count_escape(bytes: &[u8], i: usize, counter: &mut Counter) -> usize {
                 (unit, 6)
             };
             match char::from_u32(code).unwrap_or('\u{FFFD}') {
-                '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => counter.word += 2,
-                c if u32::from(c) < 0x20 => counter.word += 6,
-                c if c.is_whitespace() => counter.end_word(),
-                _ => counter.word += 1,
+                '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => counter.chars(2),
+                c if u32::from(c) < 0x20 => counter.chars(6),
+                c if c.is_whitespace() => counter.separator(),
+                _ => counter.chars(1),
             }
             len
         }
         Some(_) => {
-            counter.word += 2;
+            counter.chars(2);
             2
         }
     }
 }
 
-/// The value of the four hex digits at `bytes[at..at + 4]`.
-fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
-    let digits = bytes.get(at..at + 4)?;
-    digits
-        .iter()
-        .try_fold(0u32, |acc, &d| Some(acc * 16 + char::from(d).to_digit(16)?))
-}
+// ---------------------------------------------------------------------------------------------------------------
+// The request walker
+// ---------------------------------------------------------------------------------------------------------------
 
 /// Estimate the prompt tokens of an Anthropic `/v1/messages` or `/v1/messages/count_tokens` request body.
 ///
@@ -295,6 +655,365 @@ fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
 /// [`CoreError::InvalidJson`] for invalid JSON, a body that is not an object, or request-level containers of
 /// the wrong kind (see the module docs).
 pub fn count_request(body: &[u8]) -> Result<usize, CoreError> {
+    match walk_request(body) {
+        Some(tokens) => Ok(tokens),
+        None => count_request_serde(body),
+    }
+}
+
+/// Marks which fields of an object were seen, to notice duplicates (serde rejects a struct field given twice).
+#[derive(Default)]
+struct Seen(u16);
+
+impl Seen {
+    /// Whether field number `field` is new (and now seen).
+    fn first(&mut self, field: u16) -> bool {
+        let bit = 1 << field;
+        let new = self.0 & bit == 0;
+        self.0 |= bit;
+        new
+    }
+}
+
+/// The one-pass walk of a request body; `None` for anything [`count_request_serde`] must decide.
+fn walk_request(body: &[u8]) -> Option<usize> {
+    let mut cursor = Cursor::new(body);
+    cursor.expect(b'{')?;
+    let mut seen = Seen::default();
+    let mut total = 0;
+    let mut first = true;
+    while cursor.next_item(b'}', first)? {
+        first = false;
+        match cursor.key()? {
+            b"system" if seen.first(0) => total += content(&mut cursor, 0)?,
+            b"messages" if seen.first(1) => total += messages(&mut cursor)?,
+            b"tools" if seen.first(2) => total += tools(&mut cursor)?,
+            b"system" | b"messages" | b"tools" => return None,
+            _ => cursor.skip_value()?,
+        }
+    }
+    cursor.end()?;
+    Some(total)
+}
+
+/// `null`, or an array whose items are read by `item`.
+fn array_or_null(cursor: &mut Cursor<'_>, mut item: impl FnMut(&mut Cursor<'_>) -> Option<usize>) -> Option<usize> {
+    if cursor.peek()? == b'n' {
+        cursor.literal(b"null")?;
+        return Some(0);
+    }
+    cursor.expect(b'[')?;
+    let mut total = 0;
+    let mut first = true;
+    while cursor.next_item(b']', first)? {
+        first = false;
+        total += item(cursor)?;
+    }
+    Some(total)
+}
+
+/// `messages`: each message must be an object (serde would read an array positionally); only `content` counts.
+fn messages(cursor: &mut Cursor<'_>) -> Option<usize> {
+    array_or_null(cursor, |cursor| {
+        cursor.expect(b'{')?;
+        let mut seen = Seen::default();
+        let mut total = 0;
+        let mut first = true;
+        while cursor.next_item(b'}', first)? {
+            first = false;
+            match cursor.key()? {
+                b"content" if seen.first(0) => total += content(cursor, 0)?,
+                b"content" => return None,
+                _ => cursor.skip_value()?,
+            }
+        }
+        Some(total)
+    })
+}
+
+/// `tools`: `name` + `description` + `input_schema` as compact JSON, per tool object.
+fn tools(cursor: &mut Cursor<'_>) -> Option<usize> {
+    array_or_null(cursor, |cursor| {
+        cursor.expect(b'{')?;
+        let mut seen = Seen::default();
+        let mut total = 0;
+        let mut first = true;
+        while cursor.next_item(b'}', first)? {
+            first = false;
+            let field = match cursor.key()? {
+                b"name" => 0,
+                b"description" => 1,
+                b"input_schema" => 2,
+                _ => {
+                    cursor.skip_value()?;
+                    continue;
+                }
+            };
+            if !seen.first(field) {
+                return None;
+            }
+            match cursor.peek()? {
+                b'n' => cursor.literal(b"null")?,
+                _ if field == 2 => total += json_tokens(cursor)?,
+                _ => total += text_tokens(cursor)?,
+            }
+        }
+        Some(total)
+    })
+}
+
+/// A `content` (or `system`) value: a string, an array of blocks, or `null`/`true`/`false` (nothing). Objects and
+/// numbers are left to serde: counted as nothing there, but serde can fail on them (numbers out of range).
+fn content(cursor: &mut Cursor<'_>, depth: usize) -> Option<usize> {
+    match cursor.peek()? {
+        b'"' => text_tokens(cursor),
+        b'[' => array_or_null(cursor, |cursor| block(cursor, depth)),
+        _ => skip_content(cursor).map(|()| 0),
+    }
+}
+
+/// Validate a `content` value that does not count, with the same restrictions as [`content`].
+fn skip_content(cursor: &mut Cursor<'_>) -> Option<()> {
+    match cursor.peek()? {
+        b'"' | b'[' => cursor.skip_value(),
+        b'n' => cursor.literal(b"null"),
+        b't' => cursor.literal(b"true"),
+        b'f' => cursor.literal(b"false"),
+        _ => None,
+    }
+}
+
+/// A block's `type`, or a document source's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Not seen (yet).
+    Unset,
+    /// `null`, or a type nothing special happens for.
+    Other,
+    Text,
+    Thinking,
+    RedactedThinking,
+    ToolUse,
+    ToolResult,
+    Image,
+    Document,
+    /// A document source's `"type":"content"`.
+    Content,
+}
+
+impl Kind {
+    fn of(type_name: &[u8]) -> Self {
+        match type_name {
+            b"text" => Self::Text,
+            b"thinking" => Self::Thinking,
+            b"redacted_thinking" => Self::RedactedThinking,
+            b"tool_use" => Self::ToolUse,
+            b"tool_result" => Self::ToolResult,
+            b"image" => Self::Image,
+            b"document" => Self::Document,
+            b"content" => Self::Content,
+            _ => Self::Other,
+        }
+    }
+
+    /// Whether a field that matters for `kind` blocks must be counted: yes for that kind, and while the type is
+    /// still unknown (it may come last).
+    fn wants(self, kind: Self) -> bool {
+        self == kind || self == Self::Unset
+    }
+}
+
+/// Read a `type` field: a string (not escaped) or `null`; `Err(())` when it is neither (the block is then odd).
+fn read_kind(cursor: &mut Cursor<'_>) -> Option<Result<Kind, ()>> {
+    match cursor.peek()? {
+        b'"' => {
+            let name = cursor.string()?;
+            // An escaped type name would need decoding before matching; no client writes one.
+            (!name.escaped).then(|| Ok(Kind::of(name.raw)))
+        }
+        b'n' => cursor.literal(b"null").map(|()| Ok(Kind::Other)),
+        _ => cursor.skip_value().map(|()| Err(())),
+    }
+}
+
+/// Read a text field: a string, counted if `wanted`, or `null`; `Err(())` when it is neither.
+fn read_text(cursor: &mut Cursor<'_>, wanted: bool) -> Option<Result<usize, ()>> {
+    match cursor.peek()? {
+        b'"' if wanted => text_tokens(cursor).map(Ok),
+        b'"' => cursor.string().map(|_| Ok(0)),
+        b'n' => cursor.literal(b"null").map(|()| Ok(0)),
+        _ => cursor.skip_value().map(|()| Err(())),
+    }
+}
+
+/// The fields of one block that may count, gathered in one pass and combined at the closing brace.
+#[derive(Default)]
+struct BlockCounts {
+    text: usize,
+    thinking: usize,
+    data: usize,
+    name: usize,
+    input: usize,
+    content: usize,
+    title: usize,
+    context: usize,
+    /// The source's tokens; `None` without a source.
+    source: Option<usize>,
+}
+
+/// Count one content block. An object is read field by field; anything else, a block nested deeper than
+/// [`MAX_BLOCK_DEPTH`], a block of unknown or missing type and a block with a field of the wrong type count as
+/// compact JSON.
+fn block(cursor: &mut Cursor<'_>, depth: usize) -> Option<usize> {
+    if depth >= MAX_BLOCK_DEPTH || cursor.peek()? != b'{' {
+        return json_tokens(cursor);
+    }
+    let start = cursor.pos;
+    cursor.pos += 1;
+    let mut kind = Kind::Unset;
+    let mut counts = BlockCounts::default();
+    let mut seen = Seen::default();
+    let mut odd = false;
+    let mut first = true;
+    while cursor.next_item(b'}', first)? {
+        first = false;
+        let key = cursor.key()?;
+        if odd {
+            // serde stopped at the odd field; the rest only has to be valid JSON.
+            cursor.skip_value()?;
+            continue;
+        }
+        let field = match key {
+            b"type" => 0,
+            b"text" => 1,
+            b"thinking" => 2,
+            b"data" => 3,
+            b"name" => 4,
+            b"input" => 5,
+            b"content" => 6,
+            b"source" => 7,
+            b"title" => 8,
+            b"context" => 9,
+            _ => {
+                cursor.skip_value()?;
+                continue;
+            }
+        };
+        if !seen.first(field) {
+            odd = true;
+            cursor.skip_value()?;
+            continue;
+        }
+        let read = match key {
+            b"type" => read_kind(cursor)?.map(|read| kind = read),
+            b"text" => read_text(cursor, kind.wants(Kind::Text))?.map(|n| counts.text = n),
+            b"thinking" => read_text(cursor, kind.wants(Kind::Thinking))?.map(|n| counts.thinking = n),
+            b"data" => read_text(cursor, kind.wants(Kind::RedactedThinking))?.map(|n| counts.data = n),
+            b"name" => read_text(cursor, kind.wants(Kind::ToolUse))?.map(|n| counts.name = n),
+            b"title" => read_text(cursor, kind.wants(Kind::Document))?.map(|n| counts.title = n),
+            b"context" => read_text(cursor, kind.wants(Kind::Document))?.map(|n| counts.context = n),
+            b"input" => {
+                match cursor.peek()? {
+                    b'n' => cursor.literal(b"null")?,
+                    _ if kind.wants(Kind::ToolUse) => counts.input = json_tokens(cursor)?,
+                    _ => cursor.skip_value()?,
+                }
+                Ok(())
+            }
+            b"content" => {
+                if kind.wants(Kind::ToolResult) {
+                    counts.content = content(cursor, depth + 1)?;
+                } else {
+                    skip_content(cursor)?;
+                }
+                Ok(())
+            }
+            _ => match cursor.peek()? {
+                b'n' => cursor.literal(b"null").map(|()| Ok(()))?,
+                b'{' => source(cursor, depth, kind.wants(Kind::Document))?.map(|n| counts.source = Some(n)),
+                // serde would read the source from an array positionally.
+                b'[' => return None,
+                _ => cursor.skip_value().map(|()| Err(()))?,
+            },
+        };
+        odd = read.is_err();
+    }
+    // The block again, as compact JSON (a second pass, for odd blocks only).
+    let as_json = || json_tokens(&mut Cursor::new(&cursor.bytes[start..cursor.pos]));
+    let tokens = match kind {
+        _ if odd => return as_json(),
+        Kind::Text => counts.text,
+        Kind::Thinking => counts.thinking,
+        Kind::RedactedThinking => counts.data,
+        Kind::ToolUse => counts.name + counts.input,
+        Kind::ToolResult => counts.content,
+        Kind::Image => IMAGE_TOKENS,
+        Kind::Document => counts.title + counts.context + counts.source.unwrap_or(DOCUMENT_TOKENS),
+        Kind::Unset | Kind::Other | Kind::Content => return as_json(),
+    };
+    Some(tokens)
+}
+
+/// A document's `source` object: its tokens, or `Err(())` when a field has the wrong type. `wanted`: whether its
+/// text has to be counted at all (the block may be a document).
+fn source(cursor: &mut Cursor<'_>, depth: usize, wanted: bool) -> Option<Result<usize, ()>> {
+    cursor.expect(b'{')?;
+    let mut kind = Kind::Unset;
+    let mut data = 0;
+    let mut content_tokens = 0;
+    let mut seen = Seen::default();
+    let mut odd = false;
+    let mut first = true;
+    while cursor.next_item(b'}', first)? {
+        first = false;
+        let key = cursor.key()?;
+        let field = match key {
+            b"type" => 0,
+            b"data" => 1,
+            b"content" => 2,
+            _ => {
+                cursor.skip_value()?;
+                continue;
+            }
+        };
+        if odd || !seen.first(field) {
+            odd = true;
+            cursor.skip_value()?;
+            continue;
+        }
+        let read = match field {
+            0 => read_kind(cursor)?.map(|read| kind = read),
+            1 => read_text(cursor, wanted && kind.wants(Kind::Text))?.map(|n| data = n),
+            _ => {
+                if wanted && kind.wants(Kind::Content) {
+                    content_tokens = content(cursor, depth + 1)?;
+                } else {
+                    skip_content(cursor)?;
+                }
+                Ok(())
+            }
+        };
+        odd = read.is_err();
+    }
+    Some(if odd {
+        Err(())
+    } else {
+        Ok(match kind {
+            Kind::Text => data,
+            Kind::Content => content_tokens,
+            _ => DOCUMENT_TOKENS,
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The serde implementation: the reference, and the fallback for bodies the walker leaves alone
+// ---------------------------------------------------------------------------------------------------------------
+
+/// [`count_request`] with borrowed serde structs. Blocks are captured raw and parsed a second time, which is why
+/// [`walk_request`] replaced it on the hot path; it still decides every body the walker gives up on, so errors
+/// keep serde's messages and odd shapes keep their historical counts.
+fn count_request_serde(body: &[u8]) -> Result<usize, CoreError> {
     // serde would happily read a struct from a JSON array (positionally); a request must be an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         serde_json::from_slice::<serde::de::IgnoredAny>(body)?;
@@ -543,16 +1262,62 @@ mod tests {
         }
     }
 
+    /// [`Counter::window`] one byte at a time: the definition it must match.
+    fn window_by_lanes(phase: u32, chars: u64, seps: u64, len: usize) -> (usize, u32) {
+        let mut counter = Counter { tokens: 0, phase };
+        for lane in 0..len {
+            if seps >> lane & 1 == 1 {
+                counter.separator();
+            } else if chars >> lane & 1 == 1 {
+                counter.chars(1);
+            }
+        }
+        (counter.tokens, counter.phase)
+    }
+
     #[test]
-    fn ascii_space_flags_are_exact() {
-        for byte in 0u8..0x80 {
-            let flags = ascii_space_flags(u64::from_le_bytes([b'a', byte, b'a', b'a', b'a', b'a', b'a', byte]));
-            let expected = if char::from(byte).is_whitespace() {
-                0x8000_0000_0000_8000
-            } else {
-                0
-            };
-            assert_eq!(flags, expected, "byte {byte:#04x}");
+    fn window_examples() {
+        let check = |phase, chars, seps, len| {
+            let mut counter = Counter { tokens: 0, phase };
+            counter.window(chars, seps, len);
+            assert_eq!(
+                (counter.tokens, counter.phase),
+                window_by_lanes(phase, chars, seps, len),
+                "phase {phase} chars {chars:#x} seps {seps:#x} len {len}"
+            );
+        };
+        for phase in 0..4 {
+            for len in [1, 2, 5, 63, 64] {
+                check(phase, u64::MAX, 0, len);
+                check(phase, 0, u64::MAX, len);
+                check(phase, 0, 0, len);
+                check(phase, 0x5555_5555_5555_5555, 0xAAAA_AAAA_AAAA_AAAA, len);
+                check(phase, 0x0F0F_0F0F_0F0F_0F0F, 0x1010_1010_1010_1010, len);
+                check(phase, !(1u64 << 63), 0, len);
+                check(phase, 1 << 63 | 1, 0, len);
+            }
+        }
+    }
+
+    /// Multi-byte whitespace (and characters sharing its first bytes) at every position around the 64-byte
+    /// window boundary, as plain text and inside a request string.
+    #[test]
+    fn unicode_whitespace_across_windows() {
+        for c in [
+            '\u{85}', '\u{A0}', '\u{1680}', '\u{2000}', '\u{2028}', '\u{205F}', '\u{3000}', '\u{A9}', '\u{2010}',
+            '\u{3001}', 'の',
+        ] {
+            for before in 56..68 {
+                let text = format!("{}{c}{}", "a".repeat(before), "b".repeat(9));
+                assert_eq!(count_text(&text), reference(&text), "{c:?} after {before}");
+                let body = format!(r#"{{"system":"{text}","messages":[{{"role":"user","content":"x\"{text}"}}]}}"#);
+                let decoded = format!("x\"{text}");
+                assert_eq!(
+                    count(&body),
+                    reference(&text) + reference(&decoded),
+                    "{c:?} after {before}"
+                );
+            }
         }
     }
 
@@ -927,7 +1692,260 @@ mod tests {
         out
     }
 
+    /// Strings mixing words, JSON-escaped characters, Unicode whitespace and multi-byte characters.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z ]{0,20}",
+            "[ a-zA-Z0-9\u{85}\u{a0}\u{3000}\u{2028}\u{1}\u{b}\t\n\r\"\\\\/é日😀]{0,40}",
+            any::<String>(),
+            "[a-z]{60,140}",
+        ]
+    }
+
+    /// A JSON object with these members, in this order (`preserve_order` keeps it).
+    fn object(members: Vec<(&str, serde_json::Value)>) -> serde_json::Value {
+        serde_json::Value::Object(members.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
+    /// A field value that is usually right for `field` and sometimes of another type.
+    fn field(good: impl Strategy<Value = serde_json::Value> + 'static) -> BoxedStrategy<serde_json::Value> {
+        use serde_json::Value;
+        prop_oneof![
+            8 => good,
+            1 => Just(Value::Null),
+            1 => prop_oneof![Just(Value::from(7)), Just(Value::Bool(true)), Just(serde_json::json!({"x": 1})), Just(serde_json::json!([1]))],
+        ]
+        .boxed()
+    }
+
+    /// Content blocks of every kind, with shuffled, sometimes missing, duplicated or mistyped fields.
+    fn block_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf_kind = prop_oneof![
+            Just("text"),
+            Just("thinking"),
+            Just("redacted_thinking"),
+            Just("tool_use"),
+            Just("tool_result"),
+            Just("image"),
+            Just("document"),
+            Just("search_result"),
+            Just("content"),
+        ];
+        let leaf = (leaf_kind, text(), text(), json_value(), any::<u64>(), 0..3usize).prop_map(
+            |(kind, a, b, input, seed, source_kind)| {
+                let source = match source_kind {
+                    0 => serde_json::json!({"type": "text", "media_type": "text/plain", "data": a}),
+                    1 => serde_json::json!({"data": b, "type": "base64"}),
+                    _ => serde_json::json!({"type": "content", "content": [{"type": "text", "text": b}]}),
+                };
+                let mut members = vec![
+                    ("type", Value::from(kind)),
+                    ("text", Value::from(a.clone())),
+                    ("thinking", Value::from(b.clone())),
+                    ("data", Value::from(a.clone())),
+                    ("name", Value::from(b.clone())),
+                    ("input", input),
+                    ("title", Value::from(a)),
+                    ("source", source),
+                    ("cache_control", serde_json::json!({"type": "ephemeral"})),
+                ];
+                // Keep a seeded subset, in a seeded order.
+                let mut bits = seed;
+                members.retain(|_| {
+                    bits = bits.rotate_left(7) ^ 0x9E37_79B9_7F4A_7C15;
+                    bits % 3 != 0
+                });
+                let len = members.len().max(1);
+                members.rotate_left(usize::try_from(seed % u64::try_from(len).unwrap()).unwrap());
+                if seed % 5 == 0 {
+                    members.reverse();
+                }
+                object(members)
+            },
+        );
+        let odd = prop_oneof![
+            field(text().prop_map(Value::from))
+                .prop_map(|text| object(vec![("type", Value::from("text")), ("text", text)])),
+            field(text().prop_map(Value::from))
+                .prop_map(|title| object(vec![("type", Value::from("document")), ("title", title)])),
+            field(Just(Value::from("text")))
+                .prop_map(|kind| object(vec![("text", Value::from("a b")), ("type", kind)])),
+            text().prop_map(Value::from),
+            Just(Value::from(12)),
+            Just(Value::Null),
+        ];
+        let leaf = prop_oneof![6 => leaf, 1 => odd];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            (proptest::collection::vec(inner, 0..4), any::<bool>(), text()).prop_map(|(blocks, as_string, text)| {
+                let content = if as_string {
+                    Value::from(text)
+                } else {
+                    Value::Array(blocks)
+                };
+                object(vec![
+                    ("tool_use_id", Value::from("t")),
+                    ("type", Value::from("tool_result")),
+                    ("content", content),
+                ])
+            })
+        })
+    }
+
+    fn content_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        prop_oneof![
+            4 => text().prop_map(Value::from),
+            4 => proptest::collection::vec(block_value(), 0..5).prop_map(Value::Array),
+            1 => Just(Value::Null),
+            1 => Just(Value::Bool(false)),
+        ]
+    }
+
+    /// Whole request bodies as Claude Code sends them and as odder clients might, serialised compactly, pretty,
+    /// or with every non-ASCII character, space and slash escaped.
+    fn request_body() -> impl Strategy<Value = Vec<u8>> {
+        use serde_json::Value;
+        let message = (content_value(), any::<bool>()).prop_map(|(content, system)| {
+            object(vec![
+                ("role", Value::from(if system { "system" } else { "user" })),
+                ("content", content),
+            ])
+        });
+        let tool = (text(), field(text().prop_map(Value::from)), json_value(), any::<bool>()).prop_map(
+            |(name, description, schema, schema_first)| {
+                let mut members = vec![
+                    ("name", Value::from(name)),
+                    ("description", description),
+                    ("input_schema", schema),
+                ];
+                if schema_first {
+                    members.reverse();
+                }
+                object(members)
+            },
+        );
+        (
+            proptest::option::of(content_value()),
+            proptest::collection::vec(message, 0..4),
+            proptest::collection::vec(tool, 0..3),
+            0..3usize,
+        )
+            .prop_map(|(system, messages, tools, form)| {
+                let mut members = vec![("model", Value::from("claude")), ("max_tokens", Value::from(100))];
+                if let Some(system) = system {
+                    members.push(("system", system));
+                }
+                members.push(("messages", Value::Array(messages)));
+                members.push(("tools", Value::Array(tools)));
+                let value = object(members);
+                match form {
+                    0 => serde_json::to_vec(&value).unwrap(),
+                    1 => serde_json::to_vec_pretty(&value).unwrap(),
+                    _ => ascii_json(&value).into_bytes(),
+                }
+            })
+    }
+
+    /// Every outcome of [`count_request`] (count or error message) is the serde implementation's.
+    fn assert_same_as_serde(body: &[u8]) -> Result<(), TestCaseError> {
+        let fast = walk_request(body);
+        let reference = count_request_serde(body);
+        if let Some(tokens) = fast {
+            prop_assert_eq!(Ok(tokens), reference.clone(), "{}", String::from_utf8_lossy(body));
+        }
+        prop_assert_eq!(count_request(body), reference);
+        Ok(())
+    }
+
     proptest! {
+        // Failure seeds live beside this file (`tokens.proptest-regressions`), not in a top-level folder.
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource(
+                "proptest-regressions",
+            ))),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn window_matches_lane_by_lane(phase in 0..4u32, chars in any::<u64>(), seps in any::<u64>(), len in 1..=64usize) {
+            let mut counter = Counter { tokens: 0, phase };
+            counter.window(chars, seps, len);
+            prop_assert_eq!((counter.tokens, counter.phase), window_by_lanes(phase, chars, seps, len));
+        }
+
+        #[test]
+        fn json_fast_path_matches_lenient_scan(value in json_value(), pretty in any::<bool>()) {
+            let text = if pretty { serde_json::to_string_pretty(&value).unwrap() } else { ascii_json(&value) };
+            prop_assert_eq!(json_tokens(&mut Cursor::new(text.as_bytes())), Some(count_json_lenient(&text)));
+        }
+
+        /// Raw bytes inside counted strings (text and JSON mode, short and window-crossing): invalid UTF-8 and
+        /// control characters are rejected exactly where serde rejects them.
+        #[test]
+        fn string_bytes_match_serde(
+            parts in proptest::collection::vec(prop_oneof![
+                proptest::collection::vec(0x80..=0xFFu8, 1..4),
+                Just(vec![0xE0, 0xA0, 0x80]), Just(vec![0xED, 0x9F, 0xBF]), Just(vec![0xED, 0xA0, 0x80]),
+                Just(vec![0xF0, 0x9F, 0x98, 0x80]), Just(vec![0xF4, 0x90, 0x80, 0x80]), Just(vec![0xC3, 0xA9]),
+                Just(vec![0xE3, 0x80, 0x80]), Just(b"\\n".to_vec()), Just(b"\\\"".to_vec()), Just(b"\\u00e9".to_vec()),
+                Just(vec![0x1F]), Just(b"a".repeat(30)), Just(b" ".to_vec()),
+            ], 0..24),
+            pad in 0..64usize,
+        ) {
+            let mut text = b"x".repeat(pad);
+            for part in parts {
+                text.extend_from_slice(&part);
+            }
+            let mut body = br#"{"messages":[{"role":"user","content":""#.to_vec();
+            body.extend_from_slice(&text);
+            body.extend_from_slice(br#""},{"role":"user","content":[{"type":"tool_use","name":"n","input":{"k":""#);
+            body.extend_from_slice(&text);
+            body.extend_from_slice(br#""}}]}]}"#);
+            assert_same_as_serde(&body)?;
+        }
+
+        #[test]
+        fn requests_match_serde(body in request_body()) {
+            assert_same_as_serde(&body)?;
+        }
+
+        /// Valid generated requests without the shapes the walker leaves to serde are all counted by the walker.
+        #[test]
+        fn walker_takes_ordinary_requests(body in request_body()) {
+            let text = String::from_utf8_lossy(&body);
+            let odd = ["{\"x\":1}", "[1]", ": 7", ":7", "\\u"].iter().any(|odd| text.contains(odd));
+            if !odd && count_request_serde(&body).is_ok() {
+                prop_assert!(walk_request(&body).is_some(), "{}", text);
+            }
+        }
+
+        #[test]
+        fn mutated_requests_match_serde(body in request_body(), edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..4)) {
+            let mut body = body;
+            for (at, byte, op) in edits {
+                let at = at % (body.len() + 1);
+                match op {
+                    0 if at < body.len() => body[at] = byte,
+                    1 if at < body.len() => { body.remove(at); }
+                    _ => body.insert(at, byte),
+                }
+            }
+            assert_same_as_serde(&body)?;
+        }
+
+        #[test]
+        fn structural_noise_matches_serde(parts in proptest::collection::vec(prop_oneof![
+            Just("{"), Just("}"), Just("["), Just("]"), Just(","), Just(":"), Just("\"system\""), Just("\"messages\""),
+            Just("\"tools\""), Just("\"content\""), Just("\"type\""), Just("\"text\""), Just("\"tool_result\""),
+            Just("\"source\""), Just("\"name\""), Just("\"input\""), Just("\"input_schema\""), Just("null"), Just("1e999"),
+            Just("\"a b\""), Just("\"\\ud800\""), Just(" "), Just("true"), Just("-0.5"), Just("\"data\""), Just("\"document\""),
+        ], 0..40)) {
+            let body = format!("{{\"messages\":[{{\"content\":[{}", parts.concat());
+            assert_same_as_serde(body.as_bytes())?;
+            let body = parts.concat();
+            assert_same_as_serde(body.as_bytes())?;
+        }
         #[test]
         fn text_matches_reference(text in any::<String>()) {
             prop_assert_eq!(count_text(&text), reference(&text));
