@@ -6,6 +6,8 @@
 //! - [`ndjson`]: incremental line splitting of the raw upstream byte stream;
 //! - [`chunk`]: borrowed parsing of one Ollama `/api/chat` NDJSON line;
 //! - [`heal`]: repair of tool-call arguments into a JSON object;
+//! - [`schema`]: schema-aware repair of the arguments of offered tools (types, arrays, optional nulls);
+//! - [`text_calls`]: tool calls a model wrote as text (`<tool_call>`, fenced or bare JSON, `<function=…>`);
 //! - [`sse`]: Anthropic server-sent-event frame encoding;
 //! - [`stream`]: the Ollama → Anthropic translation state machine (streaming and non-streaming);
 //! - [`tokens`]: the cheap token estimator used for `count_tokens` and `message_start`;
@@ -20,8 +22,10 @@ pub mod errors;
 pub mod heal;
 pub mod json;
 pub mod ndjson;
+pub mod schema;
 pub mod sse;
 pub mod stream;
+pub mod text_calls;
 pub mod tokens;
 
 #[cfg(feature = "python")]

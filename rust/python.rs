@@ -16,6 +16,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use crate::errors;
 use crate::heal;
 use crate::ndjson::LineSplitter;
+use crate::schema::ToolSet;
 use crate::sse;
 use crate::stream::{Translator, TranslatorOptions};
 use crate::tokens;
@@ -190,7 +191,12 @@ impl StreamTranslator {
         stop_sequences = Vec::new(),
         emit_sse = true,
         max_line_bytes = 16_777_216,
+        tools = None,
     ))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "keyword-only constructor mirroring TranslatorOptions"
+    )]
     fn new(
         message_id: String,
         model: String,
@@ -199,7 +205,10 @@ impl StreamTranslator {
         stop_sequences: Vec<String>,
         emit_sse: bool,
         max_line_bytes: usize,
-    ) -> Self {
+        tools: Option<&[u8]>,
+    ) -> PyResult<Self> {
+        // Read once here, so the per-chunk path only looks names and property types up.
+        let tools = tools.map(ToolSet::from_json).transpose()?;
         let opts = TranslatorOptions {
             message_id,
             model,
@@ -208,11 +217,12 @@ impl StreamTranslator {
             stop_sequences,
             max_line_bytes,
             emit_sse,
+            tools,
         };
-        Self {
+        Ok(Self {
             inner: Translator::new(opts),
             out: Vec::new(),
-        }
+        })
     }
 
     /// The `message_start` frame (empty if already sent or `emit_sse` is off).
@@ -271,12 +281,13 @@ impl StreamTranslator {
         self.inner.eval_count()
     }
 
-    /// How many tool calls needed each healing kind.
+    /// Tool-call counters: healing steps (one per call), schema repairs (one per field) and calls recovered from
+    /// text.
     #[getter]
     fn heal_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
         for (kind, count) in self.inner.heal_counts() {
-            dict.set_item(kind.as_str(), count)?;
+            dict.set_item(kind, count)?;
         }
         Ok(dict)
     }

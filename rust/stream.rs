@@ -10,6 +10,9 @@
 //! - thinking blocks get a stable `signature_delta`; later thinking after text opens a new thinking block;
 //! - each tool call is one `tool_use` block with exactly one `input_json_delta` holding the complete, healed
 //!   arguments (Claude Code ignores `content_block_start.input`), and gets a unique id;
+//! - when the request offered tools, each call's arguments are repaired by the tool's schema ([`crate::schema`]),
+//!   and tool calls the model wrote into its text become `tool_use` blocks too ([`crate::text_calls`]); text that
+//!   could still be such a call is held back until it is decided, so nothing is ever sent and then withdrawn;
 //! - stop sequences are matched here, so `stop_reason:"stop_sequence"` and the matched `stop_sequence` can be
 //!   reported (Ollama strips the match and cannot say which one matched);
 //! - `done_reason:"length"` below `max_tokens` becomes `model_context_window_exceeded` (a full context window, not
@@ -21,13 +24,18 @@
 //! deltas for the open block within one [`Translator::feed`] call are coalesced into a single delta event.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::chunk::{Chunk, ToolCall, parse_chunk};
+use serde_json::{Map, Value};
+
+use crate::chunk::{Chunk, ToolCall, parse_chunk_into};
 use crate::errors::CoreError;
 use crate::heal::{HealKind, heal_value};
 use crate::ndjson::LineSplitter;
+use crate::schema::{Repair, ToolSet};
 use crate::sse::{self, Usage};
+use crate::text_calls::{Piece, TextCall, TextCallScanner};
 use crate::tokens::{count_json, count_text};
 
 /// Message for a stream that ended without a `done` chunk or an error line.
@@ -56,6 +64,9 @@ pub struct TranslatorOptions {
     pub max_line_bytes: usize,
     /// Write SSE frames (`true`) or only accumulate for [`Translator::message_json`] (`false`).
     pub emit_sse: bool,
+    /// The tools the request offered and the proxy sent to Ollama, or `None`. With tools, each call's arguments
+    /// are repaired by the tool's schema, and calls to these tools written as text become `tool_use` blocks.
+    pub tools: Option<ToolSet>,
 }
 
 impl Default for TranslatorOptions {
@@ -68,6 +79,7 @@ impl Default for TranslatorOptions {
             stop_sequences: Vec::new(),
             max_line_bytes: crate::DEFAULT_MAX_LINE_BYTES,
             emit_sse: true,
+            tools: None,
         }
     }
 }
@@ -120,7 +132,16 @@ pub struct Translator {
     prompt_eval_cached_count: Option<u64>,
     eval_count: Option<u64>,
     error: Option<(&'static str, String)>,
+    /// The offered tools; `None` when the request offered none (no schema repair, no text calls).
+    tools: Option<Arc<ToolSet>>,
+    /// Recovers tool calls written as text; present exactly when `tools` is.
+    text_calls: Option<TextCallScanner>,
+    /// Calls by healing step ([`HealKind::index`]).
     heal_counts: [u64; 4],
+    /// Repaired fields by kind ([`Repair::index`]).
+    repair_counts: [u64; 3],
+    /// Calls recovered from text.
+    text_call_count: u64,
     /// Created on first use: most tool calls come with a usable id.
     rng: Option<fastrand::Rng>,
 }
@@ -129,6 +150,8 @@ impl Translator {
     /// Create a translator for one message.
     pub fn new(mut opts: TranslatorOptions) -> Self {
         opts.stop_sequences.retain(|s| !s.is_empty());
+        let tools = opts.tools.take().filter(|tools| !tools.is_empty()).map(Arc::new);
+        let text_calls = tools.as_ref().map(|_| TextCallScanner::new());
         Self {
             splitter: LineSplitter::new(opts.max_line_bytes),
             opts,
@@ -144,7 +167,11 @@ impl Translator {
             prompt_eval_cached_count: None,
             eval_count: None,
             error: None,
+            tools,
+            text_calls,
             heal_counts: [0; 4],
+            repair_counts: [0; 3],
+            text_call_count: 0,
             rng: None,
         }
     }
@@ -224,9 +251,20 @@ impl Translator {
         self.eval_count
     }
 
-    /// How many tool calls needed each healing step, indexed by [`HealKind::index`].
-    pub fn heal_counts(&self) -> [(HealKind, u64); 4] {
-        HealKind::ALL.map(|kind| (kind, self.heal_counts[kind.index()]))
+    /// Tool-call counters by name: how each call's arguments were decoded (`unchanged`, `parsed_string`,
+    /// `unescaped`, `raw`: one per call, see [`HealKind`]), how many fields the schema repair fixed (`coerced`,
+    /// `wrapped_in_array`, `dropped_null`, see [`Repair`]) and how many calls were recovered from text
+    /// (`text_call`).
+    pub fn heal_counts(&self) -> [(&'static str, u64); 8] {
+        let mut counts = [("", 0); 8];
+        for kind in HealKind::ALL {
+            counts[kind.index()] = (kind.as_str(), self.heal_counts[kind.index()]);
+        }
+        for repair in Repair::ALL {
+            counts[HealKind::ALL.len() + repair.index()] = (repair.as_str(), self.repair_counts[repair.index()]);
+        }
+        counts[7] = ("text_call", self.text_call_count);
+        counts
     }
 
     /// The stop reason, once the message finished.
@@ -328,24 +366,28 @@ impl Translator {
                 );
             }
             Err(other) => self.fail("api_error", format!("Ollama stream could not be read: {other}"), out),
-            Ok(line) => match parse_chunk(line) {
-                Ok(chunk) => self.on_chunk(chunk, out),
-                Err(err) => {
-                    let message = format!("Ollama sent a malformed line ({err}): {:?}", excerpt(line));
-                    self.fail("api_error", message, out);
+            Ok(line) => {
+                // Parsed in place: moving a `Chunk` (a few hundred bytes) costs a `memcpy` per move.
+                let mut chunk = Chunk::default();
+                match parse_chunk_into(line, &mut chunk) {
+                    Ok(()) => self.on_chunk(&mut chunk, out),
+                    Err(err) => {
+                        let message = format!("Ollama sent a malformed line ({err}): {:?}", excerpt(line));
+                        self.fail("api_error", message, out);
+                    }
                 }
-            },
+            }
         }
     }
 
-    fn on_chunk(&mut self, chunk: Chunk<'_>, out: &mut Vec<u8>) {
+    fn on_chunk(&mut self, chunk: &mut Chunk<'_>, out: &mut Vec<u8>) {
         if let Some(error) = chunk.error {
             let text = error.text();
             let text = truncate(&text, MAX_ERROR_TEXT);
             self.fail(classify_error(text), format!("Ollama reported an error: {text}"), out);
             return;
         }
-        if let Some(message) = chunk.message {
+        if let Some(message) = &mut chunk.message {
             if let Some(thinking) = &message.thinking {
                 self.on_thinking(thinking.as_str(), out);
             }
@@ -355,7 +397,7 @@ impl Translator {
                     return;
                 }
             }
-            for call in message.tool_calls.into_iter().flatten() {
+            for call in message.tool_calls.take().into_iter().flatten() {
                 self.on_tool_call(call, out);
             }
         }
@@ -370,7 +412,7 @@ impl Translator {
 
     /// Anthropic stop reason for a done chunk (docs/API.md, "Response translation").
     fn map_done_reason(&self, done_reason: Option<&str>) -> &'static str {
-        if self.blocks.iter().any(|block| matches!(block, Block::ToolUse { .. })) {
+        if self.has_tool_use() {
             return "tool_use";
         }
         match done_reason {
@@ -390,8 +432,10 @@ impl Translator {
         if thinking.is_empty() {
             return;
         }
+        // Text held back (for a stop sequence or a possible call) was written before this thinking: it is
+        // settled first, so the blocks keep the order the model wrote them in.
+        self.settle_text(out);
         if !(self.open && matches!(self.blocks.last(), Some(Block::Thinking { .. }))) {
-            self.release_held(out);
             self.close_open_block(out);
             self.open_block(
                 Block::Thinking {
@@ -410,28 +454,59 @@ impl Translator {
             return;
         }
         if self.opts.stop_sequences.is_empty() {
-            self.emit_text(text, out);
+            self.pass_text(text, out);
             return;
         }
         let mut buffer = std::mem::take(&mut self.held);
         buffer.push_str(text);
         if let Some((start, which)) = find_stop(&buffer, &self.opts.stop_sequences) {
-            self.emit_text(&buffer[..start], out);
+            self.pass_text(&buffer[..start], out);
             self.stop_sequence = Some(self.opts.stop_sequences[which].clone());
             self.finish_message("stop_sequence", out);
             return;
         }
         let cut = buffer.len() - partial_stop_len(&buffer, &self.opts.stop_sequences);
-        self.emit_text(&buffer[..cut], out);
+        self.pass_text(&buffer[..cut], out);
         buffer.drain(..cut);
         self.held = buffer;
     }
 
-    /// Emit text held back for stop-sequence matching (it cannot be part of a match any more).
-    fn release_held(&mut self, out: &mut Vec<u8>) {
+    /// End the current text (another kind of block follows, or the answer ends): release the text held back for
+    /// stop-sequence matching (it cannot be part of a match any more), and decide what the text-call scanner
+    /// holds.
+    fn settle_text(&mut self, out: &mut Vec<u8>) {
         if !self.held.is_empty() {
             let held = std::mem::take(&mut self.held);
-            self.emit_text(&held, out);
+            self.pass_text(&held, out);
+        }
+        if let (Some(mut scanner), Some(tools)) = (self.text_calls.take(), self.tools.clone()) {
+            scanner.finish(&tools, |piece| self.on_piece(piece, out));
+            self.text_calls = Some(scanner);
+        }
+    }
+
+    /// Text that passed the stop-sequence stage: through the text-call scanner when tools were offered.
+    fn pass_text(&mut self, text: &str, out: &mut Vec<u8>) {
+        if let (Some(mut scanner), Some(tools)) = (self.text_calls.take(), self.tools.clone()) {
+            scanner.push(text, &tools, |piece| self.on_piece(piece, out));
+            self.text_calls = Some(scanner);
+        } else {
+            self.emit_text(text, out);
+        }
+    }
+
+    fn on_piece(&mut self, piece: Piece<'_>, out: &mut Vec<u8>) {
+        match piece {
+            Piece::Text(text) => self.emit_text(text, out),
+            Piece::Call(TextCall {
+                name,
+                id,
+                arguments,
+                heal,
+            }) => {
+                self.text_call_count += 1;
+                self.emit_tool_use(name, id, arguments, heal, out);
+            }
         }
     }
 
@@ -449,16 +524,37 @@ impl Translator {
     }
 
     fn on_tool_call(&mut self, call: ToolCall<'_>, out: &mut Vec<u8>) {
-        self.release_held(out);
-        self.close_open_block(out);
+        self.settle_text(out);
         let function = call.function.unwrap_or_default();
         let name = function.name.map(|name| name.0.into_owned()).unwrap_or_default();
         let (arguments, kind) = heal_value(function.arguments.unwrap_or_default());
+        let id = call.id.map(|id| id.0.into_owned());
+        self.emit_tool_use(name, id, arguments, kind, out);
+    }
+
+    /// One complete `tool_use` block: count how the arguments were healed, repair them by the tool's schema, and
+    /// keep the model's id when it is usable (non-empty and not used yet in this message).
+    fn emit_tool_use(
+        &mut self,
+        name: String,
+        id: Option<String>,
+        mut arguments: Map<String, Value>,
+        kind: HealKind,
+        out: &mut Vec<u8>,
+    ) {
         self.heal_counts[kind.index()] += 1;
+        // `{"raw": …}` is exactly what the model produced; a schema would only misread it.
+        if kind != HealKind::Raw
+            && let Some(tools) = &self.tools
+        {
+            let counts = &mut self.repair_counts;
+            tools.repair(&name, &mut arguments, |repair| counts[repair.index()] += 1);
+        }
+        self.close_open_block(out);
         // Serialising a map of JSON values cannot fail; `{}` is only a formal fallback.
         let input = serde_json::to_string(&arguments).unwrap_or_else(|_| "{}".to_owned());
-        let id = match call.id {
-            Some(id) if !id.as_str().is_empty() && !self.id_used(id.as_str()) => id.0.into_owned(),
+        let id = match id {
+            Some(id) if !id.is_empty() && !self.id_used(&id) => id,
             _ => self.new_tool_id(),
         };
         let index = self.blocks.len();
@@ -469,6 +565,10 @@ impl Translator {
             sse::content_block_stop(out, index);
         }
         self.blocks.push(Block::ToolUse { id, name, input });
+    }
+
+    fn has_tool_use(&self) -> bool {
+        self.blocks.iter().any(|block| matches!(block, Block::ToolUse { .. }))
     }
 
     fn id_used(&self, id: &str) -> bool {
@@ -546,8 +646,11 @@ impl Translator {
     }
 
     fn finish_message(&mut self, stop_reason: &'static str, out: &mut Vec<u8>) {
-        self.release_held(out);
+        self.settle_text(out);
         self.close_open_block(out);
+        // A call recovered from the text just settled makes this a tool-use turn too (after a stop sequence as well:
+        // the client must run the call).
+        let stop_reason = if self.has_tool_use() { "tool_use" } else { stop_reason };
         self.stop_reason = Some(stop_reason);
         self.phase = Phase::Finished;
         self.start(out);
@@ -561,7 +664,7 @@ impl Translator {
     /// Report an error event and stop. Text already received is sent first; the open block is left open, as
     /// Anthropic does when a stream fails.
     fn fail(&mut self, kind: &'static str, message: String, out: &mut Vec<u8>) {
-        self.release_held(out);
+        self.settle_text(out);
         self.flush_pending(out);
         if self.opts.emit_sse {
             sse::error(out, kind, &message);
@@ -679,6 +782,7 @@ fn truncate(text: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::ToolSet;
     use crate::sse::parse_frames;
     use proptest::prelude::*;
     use serde_json::{Value, json};
@@ -1061,7 +1165,7 @@ mod tests {
         );
         assert_eq!(rebuild(&frames).0, message);
         let counts = translator.heal_counts();
-        assert_eq!(counts[HealKind::Unchanged.index()], (HealKind::Unchanged, 6));
+        assert_eq!(counts[HealKind::Unchanged.index()], ("unchanged", 6));
     }
 
     #[test]
@@ -1084,10 +1188,18 @@ mod tests {
             .filter_map(|(_, d)| d["delta"]["partial_json"].as_str())
             .collect();
         assert_eq!(partial[3], r#"{"z":1,"a":2}"#, "key order kept");
-        let counts: Vec<(&str, u64)> = translator.heal_counts().iter().map(|(k, n)| (k.as_str(), *n)).collect();
         assert_eq!(
-            counts,
-            [("unchanged", 1), ("parsed_string", 1), ("unescaped", 1), ("raw", 1)]
+            translator.heal_counts(),
+            [
+                ("unchanged", 1),
+                ("parsed_string", 1),
+                ("unescaped", 1),
+                ("raw", 1),
+                ("coerced", 0),
+                ("wrapped_in_array", 0),
+                ("dropped_null", 0),
+                ("text_call", 0)
+            ]
         );
     }
 
@@ -1499,6 +1611,342 @@ mod tests {
         let error = line(&json!({"error": "é".repeat(5000)}));
         let (translator, _) = run(opts(), &[&error]);
         assert!(translator.error().unwrap().1.len() <= MAX_ERROR_TEXT + 64);
+    }
+
+    fn tool_opts() -> TranslatorOptions {
+        let tools = json!([
+            {"name": "Read", "input_schema": {"type": "object", "properties": {
+                "path": {"type": "string"}, "limit": {"type": "integer"}, "offset": {"type": "integer"}},
+                "required": ["path"]}},
+            {"name": "Bash", "input_schema": {"type": "object", "properties": {
+                "command": {"type": "string"}, "background": {"type": "boolean"}}, "required": ["command"]}},
+            {"name": "MultiRead", "input_schema": {"type": "object", "properties": {
+                "paths": {"type": "array", "items": {"type": "string"}}}, "required": ["paths"]}},
+        ]);
+        TranslatorOptions {
+            tools: Some(ToolSet::from_json(&serde_json::to_vec(&tools).unwrap()).unwrap()),
+            ..opts()
+        }
+    }
+
+    /// The counters that are not zero.
+    fn counts(translator: &Translator) -> Vec<(&'static str, u64)> {
+        translator.heal_counts().into_iter().filter(|(_, n)| *n > 0).collect()
+    }
+
+    /// All text of the `text_delta`s, in order.
+    fn streamed_text(frames: &[(String, Value)]) -> String {
+        frames.iter().filter_map(|(_, d)| d["delta"]["text"].as_str()).collect()
+    }
+
+    /// The message without tool ids (generated ones differ between runs).
+    fn without_ids(mut message: Value) -> Value {
+        for block in message["content"].as_array_mut().unwrap() {
+            if block["type"] == "tool_use" {
+                block["id"] = Value::Null;
+            }
+        }
+        message
+    }
+
+    const TEXT_CALLS: [&str; 5] = [
+        "Let me read it.\n<tool_call>\n{\"name\": \"Read\", \"arguments\": {\"path\": \"a.txt\"}}\n</tool_call>",
+        "Let me read it.\n```json\n{\"name\": \"Read\", \"arguments\": {\"path\": \"a.txt\"}}\n```",
+        "Let me read it.\n{\"name\": \"Read\", \"parameters\": {\"path\": \"a.txt\"}}",
+        "Let me read it.\n<tool_call>\n<function=Read>\n<parameter=path>\na.txt\n</parameter>\n</function>\n</tool_call>",
+        "Let me read it.\n<function=Read>\n<parameter=path>\na.txt\n</parameter>\n</function>",
+    ];
+
+    #[test]
+    fn text_calls_become_tool_use_at_every_split() {
+        for text in TEXT_CALLS {
+            let expected = json!([
+                {"type": "text", "text": "Let me read it."},
+                {"type": "tool_use", "id": null, "name": "Read", "input": {"path": "a.txt"}}
+            ]);
+            for cut in (0..=text.len()).filter(|&cut| text.is_char_boundary(cut)) {
+                let feeds = [content(&text[..cut]), content(&text[cut..]), done("stop", 9)];
+                let (translator, frames) = run(tool_opts(), &feeds);
+                let message = message_of(&translator);
+                assert_eq!(without_ids(message.clone())["content"], expected, "{text:?} at {cut}");
+                assert_eq!(message["stop_reason"], "tool_use");
+                assert_eq!(rebuild(&frames).0, message, "{text:?} at {cut}");
+                assert_eq!(
+                    streamed_text(&frames),
+                    "Let me read it.",
+                    "nothing withdrawn: {text:?} at {cut}"
+                );
+                assert_eq!(counts(&translator), [("unchanged", 1), ("text_call", 1)]);
+                assert!(message["content"][1]["id"].as_str().unwrap().starts_with("toolu_"));
+                let mut non_sse = Translator::new(TranslatorOptions {
+                    emit_sse: false,
+                    ..tool_opts()
+                });
+                let mut out = Vec::new();
+                for feed in &feeds {
+                    non_sse.feed(feed.as_bytes(), &mut out);
+                }
+                assert!(out.is_empty());
+                assert_eq!(without_ids(message_of(&non_sse)), without_ids(message));
+            }
+        }
+    }
+
+    #[test]
+    fn text_calls_need_offered_tools() {
+        let text = "<tool_call>{\"name\": \"Read\", \"arguments\": {\"path\": \"a\"}}</tool_call>";
+        for options in [
+            opts(),
+            TranslatorOptions {
+                tools: Some(ToolSet::default()),
+                ..opts()
+            },
+        ] {
+            let (translator, frames) = run(options, &[content(text), done("stop", 1)]);
+            assert_eq!(
+                message_of(&translator)["content"],
+                json!([{"type": "text", "text": text}])
+            );
+            assert_eq!(streamed_text(&frames), text);
+            assert_eq!(translator.stop_reason(), Some("end_turn"));
+        }
+        let unknown = "<tool_call>{\"name\": \"Delete\", \"arguments\": {\"path\": \"/\"}}</tool_call>";
+        let (translator, _) = run(tool_opts(), &[content(unknown), done("stop", 1)]);
+        assert_eq!(
+            message_of(&translator)["content"],
+            json!([{"type": "text", "text": unknown}])
+        );
+        assert_eq!(counts(&translator), []);
+    }
+
+    #[test]
+    fn schema_repair_of_structured_and_text_calls() {
+        let calls = json!([
+            {"id": "a", "function": {"name": "Read", "arguments": {"path": "x", "limit": "5", "offset": null}}},
+            {"id": "b", "function": {"name": "MultiRead", "arguments": "{\"paths\": \"x\"}"}},
+            {"id": "c", "function": {"name": "Bash", "arguments": {"command": "ls", "background": "TRUE"}}},
+            {"id": "d", "function": {"name": "Other", "arguments": {"limit": "5"}}},
+            {"id": "e", "function": {"name": "Read", "arguments": "limit: 5"}}
+        ]);
+        let xml = "<function=Read><parameter=path>b</parameter><parameter=limit>\n20\n</parameter></function>";
+        let (translator, frames) = run(tool_opts(), &[tools(&calls), content(xml), done("stop", 1)]);
+        let message = message_of(&translator);
+        let inputs: Vec<&Value> = message["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| &b["input"])
+            .collect();
+        assert_eq!(
+            inputs,
+            [
+                &json!({"path": "x", "limit": 5}),
+                &json!({"paths": ["x"]}),
+                &json!({"command": "ls", "background": true}),
+                &json!({"limit": "5"}),
+                &json!({"raw": "limit: 5"}),
+                &json!({"path": "b", "limit": 20}),
+            ]
+        );
+        assert_eq!(rebuild(&frames).0, message);
+        assert_eq!(
+            translator.heal_counts(),
+            [
+                ("unchanged", 4),
+                ("parsed_string", 1),
+                ("unescaped", 0),
+                ("raw", 1),
+                ("coerced", 3),
+                ("wrapped_in_array", 1),
+                ("dropped_null", 1),
+                ("text_call", 1)
+            ]
+        );
+        // Without tools nothing is repaired.
+        let (translator, _) = run(opts(), &[tools(&calls), done("stop", 1)]);
+        assert_eq!(
+            message_of(&translator)["content"][0]["input"],
+            json!({"path": "x", "limit": "5", "offset": null})
+        );
+    }
+
+    #[test]
+    fn text_call_ids_follow_the_same_rules() {
+        let text = "<tool_call>{\"id\": \"call_1\", \"name\": \"Read\", \"arguments\": {\"path\": \"1\"}}</tool_call>\n\
+                    <tool_call>{\"id\": \"call_1\", \"name\": \"Read\", \"arguments\": {\"path\": \"2\"}}</tool_call>\n\
+                    <tool_call>{\"id\": \"\", \"name\": \"Bash\", \"arguments\": {\"command\": \"ls\"}}</tool_call>";
+        let structured = json!([{"id": "call_1", "function": {"name": "Bash", "arguments": {"command": "pwd"}}}]);
+        let (translator, frames) = run(tool_opts(), &[content(text), tools(&structured), done("stop", 1)]);
+        let message = message_of(&translator);
+        let blocks = message["content"].as_array().unwrap();
+        let names: Vec<&str> = blocks.iter().map(|b| b["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["Read", "Read", "Bash", "Bash"], "order kept, text calls first");
+        let ids: Vec<&str> = blocks.iter().map(|b| b["id"].as_str().unwrap()).collect();
+        assert_eq!(ids[0], "call_1");
+        assert!(ids[1..].iter().all(|id| id.starts_with("toolu_")), "{ids:?}");
+        assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), 4);
+        assert_eq!(rebuild(&frames).0, message);
+        assert_eq!(counts(&translator), [("unchanged", 4), ("text_call", 3)]);
+    }
+
+    #[test]
+    fn text_calls_and_stop_sequences() {
+        // The stop sequence cuts the closing tag off: the unclosed call is still complete, so it is a call.
+        let options = TranslatorOptions {
+            stop_sequences: vec!["</tool_call>".into()],
+            ..tool_opts()
+        };
+        let feeds = [
+            content("Reading.\n<tool_call>{\"name\": \"Read\", \"arguments\": {\"path\": \"a\"}}</tool"),
+            content("_call> never sent"),
+        ];
+        let (translator, frames) = run(options, &feeds);
+        let message = message_of(&translator);
+        assert_eq!(
+            without_ids(message.clone())["content"],
+            json!([{"type": "text", "text": "Reading."},
+                   {"type": "tool_use", "id": null, "name": "Read", "input": {"path": "a"}}])
+        );
+        assert_eq!(message["stop_reason"], "tool_use");
+        assert!(translator.stopped());
+        assert_eq!(rebuild(&frames).0, message);
+        // Text held for a stop sequence and text held for a call are both released, in order, never withdrawn.
+        let options = TranslatorOptions {
+            stop_sequences: vec!["\n\nHuman:".into()],
+            ..tool_opts()
+        };
+        let feeds = [
+            content("a <tool"),
+            content("box> b\n\nHu"),
+            content("mble\n{\"na"),
+            content("me\": 1}"),
+            done("stop", 1),
+        ];
+        let (translator, frames) = run(options, &feeds);
+        let text = "a <toolbox> b\n\nHumble\n{\"name\": 1}";
+        assert_eq!(
+            message_of(&translator)["content"],
+            json!([{"type": "text", "text": text}])
+        );
+        assert_eq!(streamed_text(&frames), text);
+    }
+
+    #[test]
+    fn held_text_is_settled_before_other_blocks_and_errors() {
+        let feeds = [
+            content("Look: <tool"),
+            tools(&json!([{"id": "t", "function": {"name": "Bash", "arguments": {"command": "ls"}}}])),
+            thinking("hmm"),
+            content("\n{\"name\": \"Read\", \"arguments\": {\"path\": \"a\"}}"),
+            thinking("more"),
+            done("stop", 1),
+        ];
+        let (translator, frames) = run(tool_opts(), &feeds);
+        let message = message_of(&translator);
+        let types: Vec<&str> = message["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["text", "tool_use", "thinking", "tool_use", "thinking"]);
+        assert_eq!(message["content"][0]["text"], "Look: <tool");
+        assert_eq!(message["content"][3]["input"], json!({"path": "a"}));
+        assert_eq!(rebuild(&frames).0, message);
+        // An error still delivers the held text first.
+        let feeds = [
+            content("Hi <tool_call>{\"name\": \"Re"),
+            "{\"error\": \"boom\"}\n".to_owned(),
+        ];
+        let (translator, frames) = run(tool_opts(), &feeds);
+        assert_eq!(streamed_text(&frames), "Hi <tool_call>{\"name\": \"Re");
+        assert_eq!(events(&frames).last(), Some(&"error"));
+        assert!(translator.error().is_some());
+        // So does an early end of the stream; a complete call in an unclosed tag is still a call.
+        let feeds = [content(
+            "Hi\n<tool_call>{\"name\": \"Read\", \"arguments\": {\"path\": \"a\"}}",
+        )];
+        let (translator, frames) = run(tool_opts(), &feeds);
+        assert_eq!(streamed_text(&frames), "Hi");
+        assert_eq!(message_of(&translator)["content"][1]["name"], "Read");
+        assert_eq!(translator.error().unwrap().1, EARLY_EOF_MESSAGE);
+    }
+
+    /// A stream whose content carries text calls among ordinary text, thinking and a structured call.
+    fn text_call_stream(parts: &[&str], pieces: usize) -> String {
+        let content_text = parts.join("\n");
+        let mut lines = vec![thinking("Plan.")];
+        // The content in `pieces` chunks of about equal size (on char boundaries).
+        let step = content_text.len() / pieces.max(1) + 1;
+        let mut start = 0;
+        while start < content_text.len() {
+            let mut end = (start + step).min(content_text.len());
+            while !content_text.is_char_boundary(end) {
+                end += 1;
+            }
+            lines.push(content(&content_text[start..end]));
+            start = end;
+        }
+        lines.push(tools(
+            &json!([{"id": "s", "function": {"name": "Bash", "arguments": {"command": "ls"}}}]),
+        ));
+        lines.push(content("After."));
+        lines.push(done("stop", 5));
+        lines.concat()
+    }
+
+    proptest! {
+        #[test]
+        fn text_calls_are_the_same_in_any_chunking_and_never_streamed(
+            parts in proptest::collection::vec(prop_oneof![
+                proptest::sample::select(TEXT_CALLS.to_vec()),
+                Just("Plain words é😀."),
+                Just("```python\nx = {'name': 'Read'}\n```"),
+                Just("<b>bold</b> and {braces}"),
+                Just("{\"name\": \"Alice\", \"arguments\": {}}"),
+            ], 1..6),
+            pieces in 1usize..40,
+            cuts in proptest::collection::vec(any::<usize>(), 0..30),
+            emit_sse in any::<bool>(),
+        ) {
+            let stream = text_call_stream(&parts, pieces);
+            let bytes = stream.as_bytes();
+            let options = TranslatorOptions { emit_sse, ..tool_opts() };
+            let mut reference = Translator::new(options.clone());
+            let mut out = Vec::new();
+            reference.feed(bytes, &mut out);
+            reference.finish(&mut out);
+            let expected = without_ids(message_of(&reference));
+
+            let mut positions: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            positions.sort_unstable();
+            positions.dedup();
+            let mut translator = Translator::new(options);
+            let mut out = Vec::new();
+            translator.start(&mut out);
+            let mut prev = 0;
+            for pos in positions.into_iter().chain([bytes.len()]) {
+                translator.feed(&bytes[prev..pos], &mut out);
+                prev = pos;
+            }
+            translator.finish(&mut out);
+            let message = message_of(&translator);
+            prop_assert_eq!(without_ids(message.clone()), expected);
+            let calls = parts.iter().filter(|p| TEXT_CALLS.contains(p)).count();
+            let reads = message["content"].as_array().unwrap().iter().filter(|b| b["name"] == "Read").count();
+            prop_assert_eq!(reads, calls);
+            prop_assert_eq!(message["stop_reason"].as_str(), Some("tool_use"));
+            if emit_sse {
+                let frames = parse_frames(&out);
+                let (rebuilt, errored) = rebuild(&frames);
+                prop_assert!(!errored);
+                prop_assert_eq!(rebuilt, message);
+                let streamed = streamed_text(&frames);
+                prop_assert!(!streamed.contains("a.txt") && !streamed.contains("\"Read\""), "{:?}", streamed);
+            } else {
+                prop_assert!(out.is_empty());
+            }
+        }
     }
 
     /// A representative stream exercising every kind of chunk.

@@ -144,6 +144,14 @@ class StreamTranslator:
     Thinking, text and tool calls become content blocks (a tool call is one block with one
     ``input_json_delta`` holding its healed arguments); stop sequences are matched here; upstream errors,
     malformed lines and an early end of stream become an ``error`` event.
+
+    Given the request's ``tools``, the translator also repairs each call's arguments by the tool's
+    ``input_schema`` (``"5"`` for an integer becomes ``5``, ``"true"`` a boolean, a JSON-encoded array or object
+    string the array or object, a single value where an array is expected a one-element array, and a ``null``
+    for an optional property is dropped), and turns tool calls the model wrote as text (``<tool_call>{…}</tool_call>``,
+    a fenced ```` ```json ```` block or a bare ``{"name": …, "arguments": …}`` line, ``<function=NAME>
+    <parameter=KEY>…</parameter></function>``) into ``tool_use`` blocks. Text that could still be such a call is
+    held back until it is decided, so streamed text is never withdrawn.
     """
 
     def __new__(
@@ -156,6 +164,7 @@ class StreamTranslator:
         stop_sequences: Sequence[str] = ...,
         emit_sse: bool = True,
         max_line_bytes: int = 16777216,
+        tools: bytes | None = None,
     ) -> StreamTranslator:
         """Create a translator for one message.
 
@@ -168,6 +177,13 @@ class StreamTranslator:
                 Ollama, which strips a match so it could not be seen here.
             emit_sse: ``False`` for non-streaming requests: nothing is written, only ``message()`` is built.
             max_line_bytes: Longest upstream NDJSON line accepted.
+            tools: The request's Anthropic tool definitions as a JSON array (``[{"name", "description"?,
+                "input_schema"?}, …]``), when they were sent to Ollama; ``None`` otherwise. Tools without an
+                ``input_schema`` (server tools) are ignored. Enables the schema repair and the recovery of tool
+                calls written as text, for these tools only.
+
+        Raises:
+            InvalidJsonError: ``tools`` is not a JSON array.
         """
 
     def start(self) -> bytes:
@@ -216,4 +232,9 @@ class StreamTranslator:
 
     @property
     def heal_counts(self) -> dict[str, int]:
-        """How many tool calls needed each healing kind (``unchanged``, ``parsed_string``, ``unescaped``, ``raw``)."""
+        """Tool-call counters, every key always present.
+
+        ``unchanged``, ``parsed_string``, ``unescaped`` and ``raw`` count calls by how their arguments were
+        decoded (each call counts once); ``coerced``, ``wrapped_in_array`` and ``dropped_null`` count fields fixed
+        by the schema repair; ``text_call`` counts calls recovered from the answer text.
+        """

@@ -174,6 +174,8 @@ class MessagesService:
             max_tokens=plan.max_tokens,
             stop_sequences=plan.stop_sequences,
             emit_sse=plan.stream,
+            # Only tools the model was told about: they enable schema repair and recovering calls written as text.
+            tools=orjson.dumps(request["tools"]) if "tools" in plan.body else None,
         )
         try:
             await self._run(plan, translator, receive, send, request_id, record)

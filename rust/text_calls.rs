@@ -1,0 +1,1187 @@
+//! Tool calls that a model wrote into its answer text instead of making them.
+//!
+//! Small local models, or models whose Ollama template does not parse their tool-call syntax, often print the call:
+//!
+//! - `<tool_call>{"name": "Read", "arguments": {"path": "a.txt"}}</tool_call>` (Hermes / Qwen 2.5), several JSON
+//!   objects in one tag, or the JSON in a code fence inside the tag;
+//! - a fenced ```` ```json ```` (or unlabelled) block holding such an object;
+//! - a bare `{"name": …, "arguments"|"parameters": …}` object at the start of the text or of a line (Llama 3.x);
+//! - `<function=Read><parameter=path>a.txt</parameter></function>` (Qwen 3 Coder), with or without a surrounding
+//!   `<tool_call>…</tool_call>`.
+//!
+//! [`TextCallScanner`] finds these in the streamed content, only for the names of offered tools, and hands on
+//! [`Piece`]s: the text around the calls, and each call as a [`TextCall`] (its arguments healed by
+//! [`crate::heal`]; an argument string that heals only to `{"raw": …}` does not count as a call). Anything that does
+//! not qualify stays text, byte for byte.
+//!
+//! Streaming must never show text that later turns out to be a call, so the scanner holds back whatever could still
+//! become one, and decides as soon as it can:
+//!
+//! - a tail that is a proper prefix of `<tool_call>` or `<function=`; after `<tool_call>` the body must start (after
+//!   whitespace) with `{`, `<` or a fence, and after `<function=` an offered name and `>` must follow, or the text
+//!   is released at once; once the opening is complete, everything up to the closing tag (or the end of the answer);
+//! - a fence at the start of a line until its info string and the first non-blank character of its body are known:
+//!   held on only for an empty or `json` info string and a body starting with `{`, then up to the closing fence;
+//! - a `{` at the start of a line while the text is still a prefix of `{"name":`, then until the object closes
+//!   (strings and escapes are tracked) and the rest of its line is known to be blank;
+//! - whitespace at the end of the text, so that the whitespace around a recovered call can be removed.
+//!
+//! No candidate is held beyond [`MAX_HELD`] bytes: past that it is released as text. At the end of the answer
+//! ([`TextCallScanner::finish`]) everything held is decided: a `<tool_call>` or fence whose closing never came is
+//! still a call if its content is complete. Every byte is examined a bounded number of times, so a long answer
+//! costs linear time.
+
+use memchr::{memchr2, memmem};
+use serde_json::{Map, Value};
+
+use crate::heal::{HealKind, heal_value};
+use crate::schema::ToolSet;
+
+/// The most bytes one candidate may hold back before it is released as text.
+pub const MAX_HELD: usize = 64 * 1024;
+
+/// The most whitespace allowed inside an opening (between `{` and `"name"`, after `<tool_call>`, before a fenced
+/// body), so that an opening is decided after a bounded look.
+const MAX_GAP: usize = 64;
+
+/// The longest tool name read from `<function=NAME>` and the longest fence info string.
+const MAX_NAME: usize = 128;
+
+const TOOL_CALL_OPEN: &str = "<tool_call>";
+const TOOL_CALL_CLOSE: &str = "</tool_call>";
+const FUNCTION_OPEN: &str = "<function=";
+const FUNCTION_CLOSE: &str = "</function>";
+const PARAMETER_OPEN: &str = "<parameter=";
+const PARAMETER_CLOSE: &str = "</parameter>";
+const FENCE: &str = "```";
+
+/// A tool call recovered from text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextCall {
+    /// The tool's name (always an offered tool).
+    pub name: String,
+    /// An `"id"` the model wrote into a JSON call, if any (it still goes through the translator's id rules).
+    pub id: Option<String>,
+    /// The healed arguments.
+    pub arguments: Map<String, Value>,
+    /// Which healing step produced them (never [`HealKind::Raw`]).
+    pub heal: HealKind,
+}
+
+/// What the scanner hands on, in answer order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece<'a> {
+    /// Text that is final: it will never become part of a call.
+    Text(&'a str),
+    /// A recovered call; the text it was written as is gone.
+    Call(TextCall),
+}
+
+/// Finds tool calls written as text in a stream of content deltas. See the module docs.
+#[derive(Debug, Clone)]
+pub struct TextCallScanner {
+    /// Undecided text: whitespace held for trimming (`buf[..cand_at]`), then the candidate, if any.
+    buf: String,
+    /// Where the candidate starts in `buf` (or, with none, where scanning resumes: the end of `buf`).
+    cand_at: usize,
+    cand: Option<Cand>,
+    /// Whether `buf[0]` is at the start of a line: the start of the text, after `\n`, or right after a call.
+    line_start: bool,
+    /// Whitespace after a recovered call is dropped until the next other character.
+    skip_ws: bool,
+    /// Inside a fenced code block that is not a call: a line-start `{` is code, and the next line-start fence
+    /// closes the block instead of opening one.
+    in_code: bool,
+}
+
+impl Default for TextCallScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TextCallScanner {
+    /// A scanner at the start of a text.
+    pub fn new() -> Self {
+        Self {
+            buf: String::new(),
+            cand_at: 0,
+            cand: None,
+            line_start: true,
+            skip_ws: false,
+            in_code: false,
+        }
+    }
+
+    /// Whether any text is held back.
+    pub fn is_holding(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Feed the next content delta; `sink` gets every piece that is decided, in order.
+    pub fn push(&mut self, text: &str, tools: &ToolSet, sink: impl FnMut(Piece<'_>)) {
+        self.buf.push_str(text);
+        self.process(tools, false, sink);
+    }
+
+    /// End of the text (the answer ended, or another kind of block follows): decide everything held. The scanner
+    /// is then ready for a new text, which starts at the start of a line.
+    pub fn finish(&mut self, tools: &ToolSet, sink: impl FnMut(Piece<'_>)) {
+        self.process(tools, true, sink);
+        self.buf.clear();
+        self.cand_at = 0;
+        self.cand = None;
+        self.line_start = true;
+        self.skip_ws = false;
+        self.in_code = false;
+    }
+
+    fn process(&mut self, tools: &ToolSet, at_end: bool, mut sink: impl FnMut(Piece<'_>)) {
+        let len = self.buf.len();
+        // Start of the text not handed on yet (held whitespace included).
+        let mut text_from = 0;
+        let mut i = self.cand_at;
+        // A position known to be at the start of a line without a `\n` before it.
+        let mut forced = if self.line_start { 0 } else { usize::MAX };
+        // Start of the candidate still undecided when the loop ends.
+        let mut held_at = None;
+        loop {
+            if self.skip_ws {
+                let rest = &self.buf[i..];
+                i += rest.len() - rest.trim_start().len();
+                text_from = i;
+                forced = i;
+                if i == len {
+                    break;
+                }
+                self.skip_ws = false;
+            }
+            if let Some(cand) = &mut self.cand {
+                match cand.advance(&self.buf[i..], tools, at_end) {
+                    Step::NeedMore => {
+                        held_at = Some(i);
+                        break;
+                    }
+                    Step::Accept(used, calls) => {
+                        // The whitespace between the text and the call goes with the call.
+                        let end = text_from + self.buf[text_from..i].trim_end().len();
+                        if end > text_from {
+                            sink(Piece::Text(&self.buf[text_from..end]));
+                        }
+                        for call in calls {
+                            sink(Piece::Call(call));
+                        }
+                        self.cand = None;
+                        i += used;
+                        text_from = i;
+                        forced = i;
+                        self.skip_ws = true;
+                        continue;
+                    }
+                    Step::Reject(used) => {
+                        // The candidate's text stays in the pending text.
+                        self.cand = None;
+                        i += used;
+                    }
+                    Step::Fence(used, in_code) => {
+                        self.cand = None;
+                        self.in_code = in_code;
+                        i += used;
+                    }
+                }
+            }
+            match next_candidate(self.buf.as_bytes(), i, forced, self.in_code) {
+                Some(at) => {
+                    self.cand = Some(Cand::at(self.buf.as_bytes()[at], self.in_code));
+                    i = at;
+                }
+                None => break,
+            }
+        }
+        if at_end {
+            if !self.skip_ws && text_from < len {
+                sink(Piece::Text(&self.buf[text_from..]));
+            }
+            return;
+        }
+        // Hand on the decided text, keeping its trailing whitespace back.
+        let undecided = held_at.unwrap_or(len);
+        let keep = text_from + self.buf[text_from..undecided].trim_end().len();
+        if keep > text_from {
+            sink(Piece::Text(&self.buf[text_from..keep]));
+        }
+        self.line_start =
+            keep == forced || (keep > 0 && self.buf.as_bytes()[keep - 1] == b'\n') || (keep == 0 && self.line_start);
+        self.buf.drain(..keep);
+        self.cand_at = undecided - keep;
+    }
+}
+
+/// The next position from `from` where a call could start: any `<`, and a `{` or `` ` `` at the start of a line
+/// (inside a code block only a `` ` ``, which may close it).
+fn next_candidate(bytes: &[u8], from: usize, forced: usize, in_code: bool) -> Option<usize> {
+    let opens_line = |at: usize| match bytes.get(at) {
+        Some(b'`') => true,
+        Some(b'{') => !in_code,
+        _ => false,
+    };
+    if (from == forced || (from > 0 && bytes.get(from - 1) == Some(&b'\n'))) && opens_line(from) {
+        return Some(from);
+    }
+    let mut i = from;
+    while let Some(offset) = memchr2(b'<', b'\n', bytes.get(i..)?) {
+        let at = i + offset;
+        if bytes[at] == b'<' {
+            return Some(at);
+        }
+        if opens_line(at + 1) {
+            return Some(at + 1);
+        }
+        i = at + 1;
+    }
+    None
+}
+
+/// A candidate being read. Offsets are relative to the candidate's first byte.
+#[derive(Debug, Clone)]
+enum Cand {
+    /// `<`: not yet a complete `<tool_call>` + body start, or `<function=NAME>`.
+    Tag,
+    /// Inside `<tool_call>`; `searched`: where the search for the closing tag resumes.
+    ToolCall { searched: usize },
+    /// Inside `<function=NAME>`.
+    Function { searched: usize },
+    /// `` ` `` at the start of a line: the fence, its info string and the body's first character are not all known.
+    FenceOpening,
+    /// `` ` `` at the start of a line inside a code block: maybe its closing fence.
+    CodeClosing,
+    /// A `json` or unlabelled fence whose body starts with `{` at `body`.
+    Fence { body: usize, searched: usize },
+    /// `{` at the start of a line, still a prefix of `{"name":`.
+    JsonOpening,
+    /// `{"name":` at the start of a line: scanning for the end of the object.
+    Json(JsonScan),
+}
+
+/// What [`Cand::advance`] decided.
+#[derive(Debug)]
+enum Step {
+    /// Undecided: hold the candidate and wait for more text.
+    NeedMore,
+    /// The first `usize` bytes are these calls.
+    Accept(usize, Vec<TextCall>),
+    /// The first `usize` bytes are text.
+    Reject(usize),
+    /// The first `usize` bytes are a fence that opens (`true`) or closes (`false`) an ordinary code block.
+    Fence(usize, bool),
+}
+
+/// How an opening looks so far.
+enum Opening {
+    /// Could still become a call.
+    Partial,
+    /// Complete: go on with this state.
+    Complete(Cand),
+    /// Not a call.
+    No,
+    /// Not a call: an ordinary code block opens with the first `usize` bytes (inside it, a line-start `{` is code).
+    Code(usize),
+}
+
+/// The outcome of parsing a candidate's content.
+#[derive(Debug)]
+enum Parsed {
+    Calls(Vec<TextCall>),
+    /// Cut short, maybe inside a value: a closing tag or fence seen so far was part of the content.
+    Incomplete,
+    Invalid,
+}
+
+impl Cand {
+    fn at(first: u8, in_code: bool) -> Self {
+        match first {
+            b'<' => Self::Tag,
+            b'`' if in_code => Self::CodeClosing,
+            b'`' => Self::FenceOpening,
+            _ => Self::JsonOpening,
+        }
+    }
+
+    /// Read the candidate `text` (its first byte is the candidate's) as far as it goes.
+    fn advance(&mut self, text: &str, tools: &ToolSet, at_end: bool) -> Step {
+        loop {
+            let opening = match self {
+                Self::Tag => tag_opening(text, tools),
+                Self::FenceOpening => fence_opening(text),
+                Self::JsonOpening => json_opening(text),
+                Self::CodeClosing => {
+                    let ticks = text.bytes().take(FENCE.len()).take_while(|&b| b == b'`').count();
+                    return match ticks {
+                        3 => Step::Fence(FENCE.len(), false),
+                        _ if ticks == text.len() && !at_end => Step::NeedMore,
+                        _ => Step::Reject(1),
+                    };
+                }
+                Self::ToolCall { searched } => {
+                    return until_close(text, searched, TOOL_CALL_CLOSE, at_end, |content, closed| {
+                        let end = content.len() - if closed { TOOL_CALL_CLOSE.len() } else { 0 };
+                        parse_tool_call_body(&content[TOOL_CALL_OPEN.len()..end], tools)
+                    });
+                }
+                Self::Function { searched } => {
+                    return until_close(text, searched, FUNCTION_CLOSE, at_end, |content, closed| {
+                        parse_functions(content, tools, !closed)
+                    });
+                }
+                Self::Fence { body, searched } => {
+                    let body = *body;
+                    return until_close(text, searched, FENCE, at_end, |content, closed| {
+                        let end = content.len() - if closed { FENCE.len() } else { 0 };
+                        parse_json_calls(&content[body..end], tools, true)
+                    });
+                }
+                Self::Json(scan) => return scan.advance(text, tools, at_end),
+            };
+            match opening {
+                Opening::Complete(next) => *self = next,
+                Opening::Partial if !at_end => return Step::NeedMore,
+                // Only the first byte is released: what follows may hold a candidate of its own.
+                Opening::Partial | Opening::No => return Step::Reject(1),
+                Opening::Code(used) => return Step::Fence(used, true),
+            }
+        }
+    }
+}
+
+/// Hold a candidate until `close`, then parse the text up to and including it with `parse(content, true)`. At the
+/// end of the answer a candidate whose closing never came is parsed too, with `parse(text, false)`.
+fn until_close(
+    text: &str,
+    searched: &mut usize,
+    close: &str,
+    at_end: bool,
+    parse: impl Fn(&str, bool) -> Parsed,
+) -> Step {
+    let bytes = text.as_bytes();
+    while let Some(offset) = memmem::find(bytes.get(*searched..).unwrap_or_default(), close.as_bytes()) {
+        let end = *searched + offset + close.len();
+        match parse(&text[..end], true) {
+            Parsed::Calls(calls) => return Step::Accept(end, calls),
+            // The closing was inside a value: look for the next one.
+            Parsed::Incomplete => *searched = end - close.len() + 1,
+            Parsed::Invalid => return Step::Reject(end),
+        }
+    }
+    *searched = (*searched).max(bytes.len().saturating_sub(close.len() - 1));
+    if at_end {
+        return match parse(text, false) {
+            Parsed::Calls(calls) => Step::Accept(text.len(), calls),
+            Parsed::Incomplete | Parsed::Invalid => Step::Reject(text.len()),
+        };
+    }
+    if text.len() > MAX_HELD {
+        return Step::Reject(text.len());
+    }
+    Step::NeedMore
+}
+
+/// `<tool_call>` followed by whitespace and `{`, `<` or `` ` ``; or `<function=NAME>` with an offered name.
+fn tag_opening(text: &str, tools: &ToolSet) -> Opening {
+    let bytes = text.as_bytes();
+    if let Some(rest) = text.strip_prefix(TOOL_CALL_OPEN) {
+        let body = rest.trim_start();
+        let gap = rest.len() - body.len();
+        return match body.as_bytes().first() {
+            _ if gap > MAX_GAP => Opening::No,
+            None => Opening::Partial,
+            Some(b'{' | b'<' | b'`') => Opening::Complete(Cand::ToolCall {
+                searched: TOOL_CALL_OPEN.len(),
+            }),
+            Some(_) => Opening::No,
+        };
+    }
+    if let Some(rest) = bytes.strip_prefix(FUNCTION_OPEN.as_bytes()) {
+        let window = &rest[..rest.len().min(MAX_NAME + 1)];
+        return match window.iter().position(|&b| matches!(b, b'>' | b'\n' | b'<')) {
+            Some(at) if window[at] == b'>' => {
+                let name = text[FUNCTION_OPEN.len()..FUNCTION_OPEN.len() + at].trim();
+                if tools.contains(name) {
+                    Opening::Complete(Cand::Function {
+                        searched: FUNCTION_OPEN.len() + at + 1,
+                    })
+                } else {
+                    Opening::No
+                }
+            }
+            Some(_) => Opening::No,
+            None if window.len() > MAX_NAME => Opening::No,
+            None => Opening::Partial,
+        };
+    }
+    if TOOL_CALL_OPEN.as_bytes().starts_with(bytes) || FUNCTION_OPEN.as_bytes().starts_with(bytes) {
+        Opening::Partial
+    } else {
+        Opening::No
+    }
+}
+
+/// ```` ``` ```` with an empty or `json` info string, then (after blank space) a body starting with `{`.
+fn fence_opening(text: &str) -> Opening {
+    let bytes = text.as_bytes();
+    let ticks = bytes.iter().take(FENCE.len()).take_while(|&&b| b == b'`').count();
+    if ticks < FENCE.len() {
+        return if ticks == bytes.len() {
+            Opening::Partial
+        } else {
+            Opening::No
+        };
+    }
+    let rest = &text[FENCE.len()..];
+    let window = &rest.as_bytes()[..rest.len().min(MAX_NAME + 1)];
+    // A fourth backtick makes a longer fence, which a call never uses; it still opens a code block.
+    let code = Opening::Code(FENCE.len());
+    let Some(line_end) = window.iter().position(|&b| b == b'\n') else {
+        if window.len() > MAX_NAME {
+            return code;
+        }
+        // Still reading the info string: it must be on its way to `json`.
+        let info = rest.trim().to_ascii_lowercase();
+        let trailing_space = rest.len() > rest.trim_end().len();
+        return if "json".starts_with(info.as_str()) && !(trailing_space && !info.is_empty() && info != "json") {
+            Opening::Partial
+        } else {
+            code
+        };
+    };
+    let info = rest[..line_end].trim();
+    if !(info.is_empty() || info.eq_ignore_ascii_case("json")) {
+        return code;
+    }
+    let after = &rest[line_end + 1..];
+    let body = after.trim_start();
+    let gap = after.len() - body.len();
+    match body.as_bytes().first() {
+        _ if gap > MAX_GAP => code,
+        None => Opening::Partial,
+        Some(b'{') => {
+            let at = FENCE.len() + line_end + 1 + gap;
+            Opening::Complete(Cand::Fence { body: at, searched: at })
+        }
+        Some(_) => code,
+    }
+}
+
+/// `{`, whitespace, `"name"`, whitespace, `:`.
+fn json_opening(text: &str) -> Opening {
+    let bytes = text.as_bytes();
+    let mut at = 1;
+    let mut gap = 0;
+    for expected in [&b"\"name\""[..], b":"] {
+        while let Some(b' ' | b'\t' | b'\r' | b'\n') = bytes.get(at) {
+            at += 1;
+            gap += 1;
+        }
+        if gap > MAX_GAP {
+            return Opening::No;
+        }
+        let available = &bytes[at.min(bytes.len())..];
+        let compared = available.len().min(expected.len());
+        if available[..compared] != expected[..compared] {
+            return Opening::No;
+        }
+        if compared < expected.len() {
+            return Opening::Partial;
+        }
+        at += expected.len();
+    }
+    Opening::Complete(Cand::Json(JsonScan::default()))
+}
+
+/// Incremental scan for the end of a JSON object: brace depth, with strings and escapes skipped.
+#[derive(Debug, Clone, Default)]
+struct JsonScan {
+    pos: usize,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    /// The end of the object, once found.
+    closed: Option<usize>,
+}
+
+impl JsonScan {
+    fn advance(&mut self, text: &str, tools: &ToolSet, at_end: bool) -> Step {
+        let bytes = text.as_bytes();
+        if self.closed.is_none() {
+            while let Some(&byte) = bytes.get(self.pos) {
+                self.pos += 1;
+                if self.in_string {
+                    match byte {
+                        _ if self.escaped => self.escaped = false,
+                        b'\\' => self.escaped = true,
+                        b'"' => self.in_string = false,
+                        _ => {}
+                    }
+                    continue;
+                }
+                match byte {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => {
+                        self.depth = self.depth.saturating_sub(1);
+                        if self.depth == 0 {
+                            self.closed = Some(self.pos);
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let Some(end) = self.closed else {
+            return if at_end || text.len() > MAX_HELD {
+                Step::Reject(text.len())
+            } else {
+                Step::NeedMore
+            };
+        };
+        // The object must be alone on its line: `{…} and more` is prose.
+        let rest = &bytes[end..];
+        match rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\r')) {
+            Some(at) if rest[at] == b'\n' && at <= MAX_GAP => {}
+            None if at_end => {}
+            None if rest.len() <= MAX_GAP => return Step::NeedMore,
+            _ => return Step::Reject(end),
+        }
+        let call = serde_json::from_str::<Value>(&text[..end])
+            .ok()
+            .and_then(|value| call_from_value(value, tools, true));
+        match call {
+            Some(call) => Step::Accept(end, vec![call]),
+            None => Step::Reject(end),
+        }
+    }
+}
+
+/// The content of a `<tool_call>`: XML functions (a missing last `</function>` is forgiven: the tag's own
+/// closing, or the end of the answer, ends it), or JSON calls, optionally in a code fence.
+fn parse_tool_call_body(body: &str, tools: &ToolSet) -> Parsed {
+    let body = body.trim();
+    if body.starts_with(FUNCTION_OPEN) {
+        return parse_functions(body, tools, true);
+    }
+    parse_json_calls(strip_fence(body), tools, false)
+}
+
+/// ```` ```json\n…\n``` ```` → `…` (the closing fence may be missing).
+fn strip_fence(text: &str) -> &str {
+    let Some(rest) = text.strip_prefix(FENCE) else {
+        return text;
+    };
+    let rest = rest.split_once('\n').map_or("", |(_, body)| body);
+    rest.trim_end().strip_suffix(FENCE).unwrap_or(rest).trim()
+}
+
+/// One or more JSON call objects separated by whitespace. `need_arguments`: an object without `arguments` or
+/// `parameters` is not a call (outside a `<tool_call>` tag it is too likely to be ordinary data).
+fn parse_json_calls(text: &str, tools: &ToolSet, need_arguments: bool) -> Parsed {
+    let mut calls = Vec::new();
+    for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+        match value {
+            Ok(value) => match call_from_value(value, tools, need_arguments) {
+                Some(call) => calls.push(call),
+                None => return Parsed::Invalid,
+            },
+            Err(err) if err.is_eof() => return Parsed::Incomplete,
+            Err(_) => return Parsed::Invalid,
+        }
+    }
+    if calls.is_empty() {
+        Parsed::Invalid
+    } else {
+        Parsed::Calls(calls)
+    }
+}
+
+/// `{"name": <offered tool>, "arguments"|"parameters": {…}|"<JSON text>"|null, "id"?: "…", …}` as a call.
+fn call_from_value(value: Value, tools: &ToolSet, need_arguments: bool) -> Option<TextCall> {
+    let Value::Object(mut object) = value else {
+        return None;
+    };
+    let name = object.get("name")?.as_str()?;
+    if !tools.contains(name) {
+        return None;
+    }
+    let name = name.to_owned();
+    let arguments = match (object.shift_remove("arguments"), object.shift_remove("parameters")) {
+        (Some(arguments), _) | (None, Some(arguments)) => arguments,
+        (None, None) if need_arguments => return None,
+        (None, None) => Value::Null,
+    };
+    if !matches!(arguments, Value::Object(_) | Value::String(_) | Value::Null) {
+        return None;
+    }
+    let (arguments, heal) = heal_value(arguments);
+    if heal == HealKind::Raw {
+        return None;
+    }
+    let id = object.get("id").and_then(Value::as_str).map(str::to_owned);
+    Some(TextCall {
+        name,
+        id,
+        arguments,
+        heal,
+    })
+}
+
+/// One or more `<function=NAME>…</function>` separated by whitespace. `open_end`: the last `</function>` may be
+/// missing (the end of the answer, or a closed `<tool_call>`).
+fn parse_functions(text: &str, tools: &ToolSet, open_end: bool) -> Parsed {
+    let mut calls = Vec::new();
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        match parse_function(rest, tools, open_end) {
+            Ok((call, after)) => {
+                calls.push(call);
+                rest = after.trim_start();
+            }
+            Err(parsed) => return parsed,
+        }
+    }
+    if calls.is_empty() {
+        Parsed::Invalid
+    } else {
+        Parsed::Calls(calls)
+    }
+}
+
+/// `<function=NAME>`, then `<parameter=KEY>VALUE</parameter>` repeated with only whitespace between, then
+/// `</function>`. Values are strings here; the tool's schema gives them their types later.
+fn parse_function<'t>(text: &'t str, tools: &ToolSet, open_end: bool) -> Result<(TextCall, &'t str), Parsed> {
+    let rest = text.strip_prefix(FUNCTION_OPEN).ok_or(Parsed::Invalid)?;
+    let (name, mut rest) = rest.split_once('>').ok_or(Parsed::Invalid)?;
+    let name = name.trim();
+    if !tools.contains(name) {
+        return Err(Parsed::Invalid);
+    }
+    let mut arguments = Map::new();
+    loop {
+        rest = rest.trim_start();
+        let end = if let Some(after) = rest.strip_prefix(FUNCTION_CLOSE) {
+            Some(after)
+        } else if rest.is_empty() {
+            // Either the `</function>` seen was inside a value, or it never came.
+            if open_end {
+                Some(rest)
+            } else {
+                return Err(Parsed::Incomplete);
+            }
+        } else {
+            None
+        };
+        if let Some(after) = end {
+            let call = TextCall {
+                name: name.to_owned(),
+                id: None,
+                arguments,
+                heal: HealKind::Unchanged,
+            };
+            return Ok((call, after));
+        }
+        let parameter = rest.strip_prefix(PARAMETER_OPEN).ok_or(Parsed::Invalid)?;
+        let (key, value_and_rest) = parameter.split_once('>').ok_or(Parsed::Invalid)?;
+        let key = key.trim();
+        if key.is_empty() || key.contains(['\n', '<']) {
+            return Err(Parsed::Invalid);
+        }
+        // A value without its closing tag may continue past the `</function>` seen so far.
+        let (value, after) = value_and_rest.split_once(PARAMETER_CLOSE).ok_or(Parsed::Incomplete)?;
+        arguments.insert(key.to_owned(), Value::String(trim_parameter(value).to_owned()));
+        rest = after;
+    }
+}
+
+/// A parameter value without the line break (and the spaces around it) that follows its opening tag and the one
+/// before its closing tag; a value on one line is trimmed entirely. The indentation inside a multi-line value
+/// (code, say) is kept.
+fn trim_parameter(value: &str) -> &str {
+    let mut value = value;
+    let start = value.trim_start_matches([' ', '\t']);
+    if let Some(rest) = start.strip_prefix("\r\n").or_else(|| start.strip_prefix('\n')) {
+        value = rest;
+    }
+    let end = value.trim_end_matches([' ', '\t']);
+    if let Some(rest) = end.strip_suffix("\r\n").or_else(|| end.strip_suffix('\n')) {
+        value = rest;
+    }
+    if value.contains('\n') { value } else { value.trim() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn tools() -> ToolSet {
+        let tools = json!([
+            {"name": "Read", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}},
+            {"name": "Bash", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}},
+            {"name": "Ping", "input_schema": {"type": "object", "properties": {}}},
+        ]);
+        ToolSet::from_json(&serde_json::to_vec(&tools).unwrap()).unwrap()
+    }
+
+    /// A piece as owned data, for comparisons.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Out {
+        Text(String),
+        Call(String, Value),
+    }
+
+    /// Feed `parts` one by one, then finish; return the pieces (adjacent texts merged) and what was handed on
+    /// before each push returned (to check nothing is retracted).
+    fn scan_parts(parts: &[&str]) -> Vec<Out> {
+        let tools = tools();
+        let mut scanner = TextCallScanner::new();
+        let mut pieces = Vec::new();
+        let mut sink = |piece: Piece<'_>| match piece {
+            Piece::Text(text) => {
+                assert!(!text.is_empty(), "no empty text pieces");
+                if let Some(Out::Text(last)) = pieces.last_mut() {
+                    last.push_str(text);
+                } else {
+                    pieces.push(Out::Text(text.to_owned()));
+                }
+            }
+            Piece::Call(call) => pieces.push(Out::Call(call.name, Value::Object(call.arguments))),
+        };
+        for part in parts {
+            scanner.push(part, &tools, &mut sink);
+        }
+        scanner.finish(&tools, &mut sink);
+        assert!(!scanner.is_holding());
+        pieces
+    }
+
+    fn scan(text: &str) -> Vec<Out> {
+        scan_parts(&[text])
+    }
+
+    fn text(s: &str) -> Out {
+        Out::Text(s.to_owned())
+    }
+
+    fn call(name: &str, arguments: Value) -> Out {
+        Out::Call(name.to_owned(), arguments)
+    }
+
+    /// Every form, with text around it.
+    const FORMS: [&str; 10] = [
+        "<tool_call>{\"name\": \"Read\", \"arguments\": {\"path\": \"a.txt\"}}</tool_call>",
+        "<tool_call>\n{\"name\": \"Read\", \"arguments\": {\"path\": \"a.txt\"}}\n</tool_call>",
+        "<tool_call>\n```json\n{\"name\": \"Read\", \"arguments\": {\"path\": \"a.txt\"}}\n```\n</tool_call>",
+        "```json\n{\"name\": \"Read\", \"arguments\": {\"path\": \"a.txt\"}}\n```",
+        "```\n\n{\"name\": \"Read\", \"parameters\": {\"path\": \"a.txt\"}}\n```",
+        "{\"name\": \"Read\", \"parameters\": {\"path\": \"a.txt\"}}",
+        "{\n  \"name\": \"Read\",\n  \"arguments\": \"{\\\"path\\\": \\\"a.txt\\\"}\"\n}",
+        "<tool_call>\n<function=Read>\n<parameter=path>\na.txt\n</parameter>\n</function>\n</tool_call>",
+        "<function=Read>\n<parameter=path>\na.txt\n</parameter>\n</function>",
+        "<function=Read><parameter=path> a.txt </parameter></function>",
+    ];
+
+    #[test]
+    fn every_form_alone_and_between_text() {
+        for form in FORMS {
+            assert_eq!(scan(form), [call("Read", json!({"path": "a.txt"}))], "{form}");
+            let around = format!("Let me read it.\n{form}\nDone.");
+            assert_eq!(
+                scan(&around),
+                [
+                    text("Let me read it."),
+                    call("Read", json!({"path": "a.txt"})),
+                    text("Done.")
+                ],
+                "{form}"
+            );
+            let trailing_newlines = format!("Let me read it.\n\n{form}\n\n");
+            assert_eq!(
+                scan(&trailing_newlines),
+                [text("Let me read it."), call("Read", json!({"path": "a.txt"}))],
+                "{form}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_form_split_at_every_byte() {
+        for form in FORMS {
+            let whole = format!("Let me read it.\n{form}\nDone. é😀");
+            let expected = scan(&whole);
+            for cut in (1..whole.len()).filter(|&cut| whole.is_char_boundary(cut)) {
+                assert_eq!(
+                    scan_parts(&[&whole[..cut], &whole[cut..]]),
+                    expected,
+                    "{whole:?} at {cut}"
+                );
+            }
+            let chars: Vec<String> = whole.chars().map(String::from).collect();
+            let parts: Vec<&str> = chars.iter().map(String::as_str).collect();
+            assert_eq!(scan_parts(&parts), expected, "{whole:?} char by char");
+        }
+    }
+
+    #[test]
+    fn several_calls_keep_their_order() {
+        let text = "<tool_call>{\"name\": \"Read\", \"arguments\": {\"path\": \"1\"}}</tool_call>\n\
+                    <tool_call>{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls\"}}</tool_call>";
+        assert_eq!(
+            scan(text),
+            [
+                call("Read", json!({"path": "1"})),
+                call("Bash", json!({"command": "ls"}))
+            ]
+        );
+        // Several objects in one tag, and several functions in one tag.
+        let one_tag = "<tool_call>\n{\"name\": \"Read\", \"arguments\": {\"path\": \"1\"}}\n\
+                       {\"name\": \"Bash\", \"arguments\": {\"command\": \"ls\"}}\n</tool_call>";
+        assert_eq!(scan(one_tag).len(), 2);
+        let functions = "<tool_call><function=Read><parameter=path>1</parameter></function>\
+                         <function=Bash><parameter=command>ls</parameter></function></tool_call>";
+        assert_eq!(
+            scan(functions),
+            [
+                call("Read", json!({"path": "1"})),
+                call("Bash", json!({"command": "ls"}))
+            ]
+        );
+        // A bare object right after a call is at the start of a "line".
+        let back_to_back = "<tool_call>{\"name\": \"Ping\"}</tool_call>{\"name\": \"Read\", \"arguments\": {}}";
+        assert_eq!(scan(back_to_back), [call("Ping", json!({})), call("Read", json!({}))]);
+    }
+
+    #[test]
+    fn ordinary_text_is_left_alone() {
+        for text in [
+            "",
+            "plain text",
+            "   ",
+            "a\n\n",
+            "\n\nb",
+            "<tool_call>{\"name\": \"Delete\", \"arguments\": {\"path\": \"/\"}}</tool_call>",
+            "Here is JSON: {\"name\": \"Read\", \"arguments\": {\"path\": \"a\"}} inside a sentence.",
+            "{\"name\": \"Read\", \"arguments\": {\"path\": \"a\"}} and more on the line",
+            "```python\nprint({'name': 'Read'})\n```",
+            "```json\n{\"key\": 1}\n```",
+            "```json\n[1, 2]\n```",
+            "````json\n{\"name\": \"Read\", \"arguments\": {}}\n````",
+            "```jsonc\n{\"name\": \"Read\", \"arguments\": {}}\n```",
+            "Use <b>bold</b> and {braces} freely.",
+            "{braces at the start}",
+            "{\"name\": \"Alice\", \"age\": 3}",
+            "{\"name\": \"Read\"}",                              // bare: arguments required
+            "{\"name\": \"Read\", \"arguments\": \"not json\"}", // heals only to raw
+            "{\"name\": \"Read\", \"arguments\": [1]}",
+            "{\"name\": 5, \"arguments\": {}}",
+            "{\"name\": \"Read\", \"arguments\": {\"path\": \"a\"}",
+            "{\"name\": \"Read\", \"arguments\": {}} }",
+            "  {\"name\": \"Read\", \"arguments\": {}}", // indented
+            "<tool_call> is the tag models use",
+            "<tool_call>\n\n",
+            "<tool_call>{\"name\": \"Read\", \"arguments\": {}}\nand then prose",
+            "<tool_call>{\"name\": \"Read\"</tool_call>",
+            "<tool_call></tool_call>",
+            "<function=Delete><parameter=path>/</parameter></function>",
+            "<function=Read><parameter=path>a</parameter>oops</function>",
+            "<function=Read><parameter=path>a</function>",
+            "<function=Read>\n<parameter=>a</parameter></function>",
+            "<function=\nRead>",
+            "<function=Read",
+            "<function",
+            "<",
+            "a < b and c<d",
+            "`code` and ``more``",
+            "```",
+            "```json",
+            "```json\n",
+            "```json\n{\"name\": \"Read\"",
+            "{",
+            "{\"na",
+            "x\n{\"name\" is a key}\n",
+            "é<tool_call>😀</tool_call>",
+        ] {
+            let expected = if text.is_empty() {
+                vec![]
+            } else {
+                vec![Out::Text(text.to_owned())]
+            };
+            assert_eq!(scan(text), expected, "{text:?}");
+            // And byte for byte in any split.
+            for cut in (1..text.len()).filter(|&cut| text.is_char_boundary(cut)) {
+                assert_eq!(scan_parts(&[&text[..cut], &text[cut..]]), expected, "{text:?} at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn unclosed_calls_at_the_end() {
+        assert_eq!(
+            scan("Reading.\n<tool_call>\n{\"name\": \"Read\", \"arguments\": {\"path\": \"a\"}}\n"),
+            [text("Reading."), call("Read", json!({"path": "a"}))]
+        );
+        assert_eq!(
+            scan("```json\n{\"name\": \"Read\", \"arguments\": {\"path\": \"a\"}}"),
+            [call("Read", json!({"path": "a"}))]
+        );
+        assert_eq!(
+            scan("<function=Read>\n<parameter=path>\na\n</parameter>\n"),
+            [call("Read", json!({"path": "a"}))]
+        );
+        // A missing </function> inside a closed <tool_call> is forgiven.
+        assert_eq!(
+            scan("<tool_call><function=Read><parameter=path>a</parameter></tool_call>"),
+            [call("Read", json!({"path": "a"}))]
+        );
+    }
+
+    #[test]
+    fn closing_tags_inside_values() {
+        let json_in_tag =
+            "<tool_call>{\"name\": \"Bash\", \"arguments\": {\"command\": \"echo </tool_call>\"}}</tool_call>";
+        assert_eq!(
+            scan(json_in_tag),
+            [call("Bash", json!({"command": "echo </tool_call>"}))]
+        );
+        let xml = "<function=Bash><parameter=command>echo </function> ```</parameter></function>";
+        assert_eq!(scan(xml), [call("Bash", json!({"command": "echo </function> ```"}))]);
+        let fence = "```json\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"echo ```\"}}\n```";
+        assert_eq!(scan(fence), [call("Bash", json!({"command": "echo ```"}))]);
+        let bare = "{\"name\": \"Bash\", \"arguments\": {\"command\": \"}\\\"{\"}}";
+        assert_eq!(scan(bare), [call("Bash", json!({"command": "}\"{"}))]);
+    }
+
+    #[test]
+    fn ids_and_healing() {
+        let tools = tools();
+        let mut scanner = TextCallScanner::new();
+        let mut calls = Vec::new();
+        let text = "<tool_call>{\"id\": \"call_9\", \"name\": \"Read\", \"arguments\": \"{\\\"path\\\": \\\"a\\\"}\"}</tool_call>";
+        scanner.push(text, &tools, |piece| {
+            if let Piece::Call(call) = piece {
+                calls.push(call);
+            }
+        });
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].id.as_deref(), Some("call_9"));
+        assert_eq!(calls[0].heal, HealKind::ParsedString);
+        assert_eq!(Value::Object(calls[0].arguments.clone()), json!({"path": "a"}));
+    }
+
+    #[test]
+    fn parameter_values() {
+        assert_eq!(trim_parameter("\na.txt\n"), "a.txt");
+        assert_eq!(trim_parameter("  a.txt  "), "a.txt");
+        assert_eq!(trim_parameter("\r\n20\r\n"), "20");
+        assert_eq!(trim_parameter("\n  def f():\n    pass\n"), "  def f():\n    pass");
+        assert_eq!(trim_parameter("\n\nx\n\n"), "\nx\n");
+        assert_eq!(trim_parameter(""), "");
+        let xml = "<function=Bash>\n<parameter=command>\nfor i in 1 2; do\n  echo $i\ndone\n</parameter>\n</function>";
+        assert_eq!(
+            scan(xml),
+            [call("Bash", json!({"command": "for i in 1 2; do\n  echo $i\ndone"}))]
+        );
+    }
+
+    #[test]
+    fn text_is_handed_on_as_soon_as_it_is_decided() {
+        let tools = tools();
+        let mut scanner = TextCallScanner::new();
+        let mut seen = String::new();
+        let mut push = |text: &str| {
+            scanner.push(text, &tools, |piece| {
+                if let Piece::Text(text) = piece {
+                    seen.push_str(text);
+                }
+            });
+            seen.clone()
+        };
+        assert_eq!(push("Hello <b>"), "Hello <b>");
+        assert_eq!(
+            push("x <tool"),
+            "Hello <b>x",
+            "a possible tag and the space before it are held"
+        );
+        assert_eq!(push("s>"), "Hello <b>x <tools>");
+        assert_eq!(push("\n```py"), "Hello <b>x <tools>\n```py");
+        assert_eq!(
+            push("\n{x\n``"),
+            "Hello <b>x <tools>\n```py\n{x",
+            "inside a code block: `{{` is code"
+        );
+        assert_eq!(push("`"), "Hello <b>x <tools>\n```py\n{x\n```", "the closing fence");
+        assert_eq!(
+            push("\n{\"name\" "),
+            "Hello <b>x <tools>\n```py\n{x\n```",
+            "a line-start object is held"
+        );
+        assert_eq!(
+            push("is x}\nok"),
+            "Hello <b>x <tools>\n```py\n{x\n```\n{\"name\" is x}\nok"
+        );
+    }
+
+    #[test]
+    fn held_text_is_bounded() {
+        let tools = tools();
+        let mut scanner = TextCallScanner::new();
+        let mut seen = 0;
+        let mut sink = |piece: Piece<'_>| {
+            if let Piece::Text(text) = piece {
+                seen += text.len();
+            }
+        };
+        scanner.push(
+            "<tool_call>{\"name\": \"Read\", \"arguments\": {\"path\": \"",
+            &tools,
+            &mut sink,
+        );
+        let filler = "é".repeat(1000);
+        for _ in 0..40 {
+            scanner.push(&filler, &tools, &mut sink);
+        }
+        assert!(seen > 0, "released past the bound");
+        assert!(scanner.buf.len() <= MAX_HELD + filler.len());
+        // The JSON scan and the fence are bounded the same way.
+        for opening in ["{\"name\": \"", "```json\n{\"a\": \""] {
+            let mut scanner = TextCallScanner::new();
+            let mut seen = 0;
+            scanner.push(opening, &tools, |_| {});
+            for _ in 0..40 {
+                scanner.push(&filler, &tools, |piece| {
+                    if let Piece::Text(text) = piece {
+                        seen += text.len();
+                    }
+                });
+            }
+            assert!(seen > 0 && scanner.buf.len() <= MAX_HELD + filler.len(), "{opening}");
+        }
+    }
+
+    #[test]
+    fn many_candidates_stay_linear() {
+        // Thousands of openings that each fail: decided quickly, with no quadratic rescans.
+        let text = "<a{\n{\"x\n```py\n<tool\n".repeat(5000);
+        assert_eq!(scan(&text), [Out::Text(text.clone())]);
+        let text = format!(
+            "{{\"name\": \"Read\", \"arguments\": {{\"path\": \"{}\"}}}}",
+            "x".repeat(60_000)
+        );
+        assert!(matches!(scan(&text)[..], [Out::Call(..)]));
+    }
+
+    #[test]
+    fn code_blocks_are_tracked() {
+        // The closing fence of an ordinary block is not taken for an opening, so a call after it is found.
+        let text =
+            "```python\nx = {}\n{\"name\": \"Read\", \"arguments\": {}}\n```\n{\"name\": \"Read\", \"arguments\": {}}";
+        assert_eq!(
+            scan(text),
+            [
+                text_of("```python\nx = {}\n{\"name\": \"Read\", \"arguments\": {}}\n```"),
+                call("Read", json!({}))
+            ]
+        );
+        let unlabelled = "```\nls -la\n```\n<tool_call>{\"name\": \"Ping\"}</tool_call>";
+        assert_eq!(scan(unlabelled), [text_of("```\nls -la\n```"), call("Ping", json!({}))]);
+        // A tag is still a call inside a code block.
+        assert_eq!(
+            scan("```xml\n<tool_call>{\"name\": \"Ping\"}</tool_call>\n```"),
+            [text_of("```xml"), call("Ping", json!({})), text_of("```")]
+        );
+    }
+
+    fn text_of(s: &str) -> Out {
+        text(s)
+    }
+
+    /// Text that holds no call and closes whatever it opens.
+    fn closed_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z .é]{0,12}",
+            Just("```python\nx = {}\n```".to_owned()),
+            Just("```json\n{\"key\": [1, {}]}\n```".to_owned()),
+            Just("<tool_call>{\"name\": \"Nope\", \"arguments\": {}}</tool_call>".to_owned()),
+            Just("Use <b>bold</b> and {braces}; a < b".to_owned()),
+            Just("{\"name\": \"Alice\"}".to_owned()),
+            Just("`x` and ``y``".to_owned()),
+        ]
+    }
+
+    /// Split `whole` at the char boundaries among `cuts` (taken modulo its length).
+    fn chunks<'t>(whole: &'t str, cuts: &[usize]) -> Vec<&'t str> {
+        let mut positions: Vec<usize> = cuts
+            .iter()
+            .map(|c| c % (whole.len() + 1))
+            .filter(|&c| whole.is_char_boundary(c))
+            .collect();
+        positions.sort_unstable();
+        positions.dedup();
+        let mut parts = Vec::new();
+        let mut prev = 0;
+        for pos in positions.into_iter().chain([whole.len()]) {
+            parts.push(&whole[prev..pos]);
+            prev = pos;
+        }
+        parts
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_finds_every_call_and_shows_none_as_text(
+            parts in proptest::collection::vec(
+                prop_oneof![proptest::sample::select(FORMS.to_vec()).prop_map(str::to_owned), closed_text()],
+                0..8,
+            ),
+            cuts in proptest::collection::vec(any::<usize>(), 0..16),
+        ) {
+            let whole = parts.join("\n");
+            let expected = scan(&whole);
+            prop_assert_eq!(&scan_parts(&chunks(&whole, &cuts)), &expected);
+            let forms = parts.iter().filter(|p| FORMS.contains(&p.as_str())).count();
+            let calls = expected.iter().filter(|p| matches!(p, Out::Call(..))).count();
+            prop_assert_eq!(calls, forms);
+            for piece in &expected {
+                if let Out::Text(text) = piece {
+                    prop_assert!(!text.contains("a.txt") && !text.contains("Read"), "{:?}", text);
+                }
+            }
+            if forms == 0 {
+                prop_assert_eq!(scan(&whole), if whole.is_empty() { vec![] } else { vec![Out::Text(whole.clone())] });
+            }
+        }
+
+        #[test]
+        fn any_chunking_of_anything_gives_the_same_pieces(
+            parts in proptest::collection::vec(prop_oneof![
+                proptest::sample::select(FORMS.to_vec()).prop_map(str::to_owned),
+                closed_text(),
+                "[a-z <>{}`\n\"é:=_/]{0,12}",
+            ], 0..8),
+            cuts in proptest::collection::vec(any::<usize>(), 0..16),
+        ) {
+            let whole = parts.join("\n");
+            prop_assert_eq!(scan_parts(&chunks(&whole, &cuts)), scan(&whole));
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(parts in proptest::collection::vec(any::<String>(), 0..6)) {
+            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let _ = scan_parts(&refs);
+        }
+
+        #[test]
+        fn tag_like_text_never_panics(parts in proptest::collection::vec("[<>/=a-z_{}\":`\n ]{0,16}", 0..8)) {
+            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let _ = scan_parts(&refs);
+        }
+    }
+}
