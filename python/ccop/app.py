@@ -202,7 +202,7 @@ async def _health(app: ProxyApp, scope: Scope, receive: Receive, send: Send, req
         "pid": os.getpid(),
         "ollama": ollama,
         "calibration": app.calibration.snapshot(),
-        # How often the models' tool calls needed repair, per kind; "unchanged" counts the ones that did not.
+        # How often the models' tool calls needed repair, per kind ("unchanged": arguments arrived as an object).
         "tool_calls": dict(sorted(app.messages.tool_calls.items())),
     }
     await send_json(send, 200, body, head=scope["method"] == "HEAD")
