@@ -28,7 +28,7 @@ from ccop.model_list import find_entry, list_page, model_entries
 from ccop.responses import ClientDisconnected, read_body, send_bytes, send_error, send_json
 from ccop.security import check_api_key, cors_headers, header, preflight_headers, with_cors
 from ccop.settings import Settings
-from ccop.upstream import create_client, unreachable
+from ccop.upstream import ChatSender, create_client, unreachable
 
 __all__ = ["ProxyApp", "create_app"]
 
@@ -53,10 +53,11 @@ class ProxyApp:
         self._open()
 
     def _open(self) -> httpx.AsyncClient:
-        client = create_client(self.settings.ollama_url)
+        client, transport = create_client(self.settings.ollama_url)
         self._client = client
         self._catalog = ModelCatalog(client)
-        self._messages = MessagesService(self.settings, client, self.calibration, self._catalog)
+        chat = ChatSender(client, transport)
+        self._messages = MessagesService(self.settings, chat, self.calibration, self._catalog)
         return client
 
     async def shutdown(self) -> None:

@@ -24,7 +24,7 @@ from ccop.responses import send_bytes, send_json
 from ccop.settings import Settings
 from ccop.streaming import ClientGone, RelayOutcome, SseStream, drain, idle_watchdog, relay, watch_disconnect
 from ccop.translate import ChatPlan, ModelTraits, build_chat_request
-from ccop.upstream import error_from_response, unreachable
+from ccop.upstream import ChatSender, error_from_response, unreachable
 from ccop.validation import validate_count_tokens_request, validate_messages_request
 
 __all__ = ["MessagesService", "RequestRecord"]
@@ -87,11 +87,9 @@ def _new_message_id() -> str:
 class MessagesService:
     """The two message endpoints of one worker, sharing its Ollama client and calibration."""
 
-    def __init__(
-        self, settings: Settings, client: httpx.AsyncClient, calibration: Calibration, catalog: ModelCatalog
-    ) -> None:
+    def __init__(self, settings: Settings, chat: ChatSender, calibration: Calibration, catalog: ModelCatalog) -> None:
         self.settings = settings
-        self.client = client
+        self.chat = chat
         self.calibration = calibration
         self.catalog = catalog
         # Tool calls seen by this worker, by how they had to be repaired ("unchanged": not at all), for /health.
@@ -234,7 +232,7 @@ class MessagesService:
         final: bool,
     ) -> httpx.Response | httpx.TransportError | None:
         """One attempt: the response, a connection error worth retrying, or None if the client left."""
-        opening = asyncio.create_task(self.client.send(request, stream=True))
+        opening = asyncio.create_task(self.chat.send(request))
         try:
             waiting: set[asyncio.Task[Any]] = {opening, disconnected}
             if sse is not None and not sse.started:
@@ -272,9 +270,7 @@ class MessagesService:
         request_id: str,
         record: RequestRecord,
     ) -> None:
-        upstream_request = self.client.build_request(
-            "POST", "/api/chat", content=orjson.dumps(plan.body), headers={"content-type": "application/json"}
-        )
+        upstream_request = self.chat.request(orjson.dumps(plan.body))
         disconnected = asyncio.create_task(watch_disconnect(receive))
         sse = SseStream(send, request_id, self.settings.ping_interval) if plan.stream else None
         response: httpx.Response | None = None
