@@ -289,7 +289,7 @@ class MessagesService:
             if response.status_code != 200:
                 raise error_from_response(response.status_code, await response.aread(), plan.ollama_model)
             if sse is not None and not sse.started:
-                await sse.start(translator.start())
+                await sse.start(translator.start(), with_first_content=True)
 
             # Phase 2: relay the answer, watching the client and the upstream's silence.
             pump = asyncio.create_task(relay(response, translator, sse.write if sse else None, outcome))

@@ -98,7 +98,13 @@ class SseStream:
         self.started = False
         self.closed = False
 
-    async def start(self, first_frames: bytes) -> None:
+    async def start(self, first_frames: bytes, *, with_first_content: bool = False) -> None:
+        """Send the response head and `first_frames` (message_start).
+
+        `with_first_content`: Ollama has already answered, so its first content is about to be relayed; the
+        first frames then wait for it and both leave in one send (one thread hand-off fewer before the first
+        token). Otherwise (Ollama still loading) they go out now, so the client knows the request was accepted.
+        """
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -108,7 +114,9 @@ class SseStream:
         ]
         await self._guarded(self._send({"type": "http.response.start", "status": 200, "headers": headers}))
         self.started = True
-        if first_frames:
+        if with_first_content:
+            self._pending += first_frames
+        elif first_frames:
             await self._guarded(self._send({"type": "http.response.body", "body": first_frames, "more_body": True}))
         self._writer = asyncio.create_task(self._write_loop())
         self._pinger = asyncio.create_task(self._ping_loop())
@@ -177,7 +185,9 @@ class SseStream:
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
-            if not self._pending:
+            if self._pending:
+                self._wake.set()  # something is waiting (say, a deferred message_start): send it instead
+            else:
                 await self.write(PING_FRAME)
             # Until the writer has sent something, the deadline has not moved: wait a full interval again.
             self._last_send = max(self._last_send, time.monotonic())
