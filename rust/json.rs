@@ -179,13 +179,11 @@ pub(crate) const fn below(n: usize) -> u64 {
     if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
 }
 
-/// Decode the escape sequence whose backslash is at `bytes[at]`: the character and the sequence's length in bytes
-/// (2, 6, or 12 for a surrogate pair).
+/// The character a two-byte JSON escape (`\n`, `\"`, …) stands for, by the byte after the backslash.
 ///
-/// `None` for an invalid escape and for a lone surrogate (which serde rejects in strings it decodes).
-#[inline]
-pub(crate) fn unescape_at(bytes: &[u8], at: usize) -> Option<(char, usize)> {
-    let c = match *bytes.get(at + 1)? {
+/// `const` so the token counter can build its escape tables from the same definition at compile time.
+pub(crate) const fn short_escape(byte: u8) -> Option<char> {
+    Some(match byte {
         b'"' => '"',
         b'\\' => '\\',
         b'/' => '/',
@@ -194,10 +192,21 @@ pub(crate) fn unescape_at(bytes: &[u8], at: usize) -> Option<(char, usize)> {
         b'n' => '\n',
         b'r' => '\r',
         b't' => '\t',
-        b'u' => return unicode_escape_at(bytes, at),
         _ => return None,
-    };
-    Some((c, 2))
+    })
+}
+
+/// Decode the escape sequence whose backslash is at `bytes[at]`: the character and the sequence's length in bytes
+/// (2, 6, or 12 for a surrogate pair).
+///
+/// `None` for an invalid escape and for a lone surrogate (which serde rejects in strings it decodes).
+#[inline]
+pub(crate) fn unescape_at(bytes: &[u8], at: usize) -> Option<(char, usize)> {
+    let byte = *bytes.get(at + 1)?;
+    if byte == b'u' {
+        return unicode_escape_at(bytes, at);
+    }
+    Some((short_escape(byte)?, 2))
 }
 
 #[cold]

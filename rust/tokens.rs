@@ -287,19 +287,9 @@ const SHORT_ESCAPES: [[u8; 256]; 2] = {
     while json < 2 {
         let mut byte = 0;
         while byte < 256 {
-            let c = match byte as u8 {
-                b'"' => '"',
-                b'\\' => '\\',
-                b'/' => '/',
-                b'b' => '\u{8}',
-                b'f' => '\u{c}',
-                b'n' => '\n',
-                b'r' => '\r',
-                b't' => '\t',
-                _ => {
-                    byte += 1;
-                    continue;
-                }
+            let Some(c) = crate::json::short_escape(byte as u8) else {
+                byte += 1;
+                continue;
             };
             let chars = if json == 1 {
                 escape_chars::<true>(c, 2)
