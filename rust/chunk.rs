@@ -14,6 +14,10 @@
 //! the translator ignores (`model`, `created_at`, `role`, …) without decoding them and validates as it goes. Lines
 //! with an error, tool calls or anything unusual (duplicate fields, numbers that are not plain integers, …) go
 //! through serde, which gives the same result or error as it always did.
+//!
+//! Within one answer Ollama writes every delta with the same bytes around a few strings: `created_at`, and
+//! `message.content` or `message.thinking`. [`ChunkParser`] remembers that layout from the last delta it parsed
+//! in full; a line that repeats it is read by comparing the constant bytes and scanning only those strings.
 
 use std::borrow::Cow;
 
@@ -144,31 +148,173 @@ struct ErrorOnly<'a> {
 /// the line carries an `error`), with `serde_json`'s message.
 pub fn parse_chunk(line: &[u8]) -> Result<Chunk<'_>, serde_json::Error> {
     let mut chunk = Chunk::default();
-    parse_chunk_into(line, &mut chunk)?;
+    ChunkParser::default().parse_into(line, &mut chunk)?;
     Ok(chunk)
 }
 
-/// [`parse_chunk`] into an existing `chunk`, which should be [`Chunk::default`]; on error it is left in an
-/// unspecified state.
-///
-/// A `Chunk` is a few hundred bytes, and returning it through `Option` and `Result` layers costs a `memcpy` per
-/// layer; the translator parses every line into one chunk on its stack instead.
-///
-/// # Errors
-///
-/// As [`parse_chunk`].
-pub fn parse_chunk_into<'a>(line: &'a [u8], chunk: &mut Chunk<'a>) -> Result<(), serde_json::Error> {
-    if parse_plain(line, chunk).is_none() {
+/// Parses the lines of one stream: [`parse_chunk`], plus a faster read of lines that repeat the layout of the
+/// last plain delta (see the module docs).
+#[derive(Debug, Default)]
+pub struct ChunkParser {
+    layout: Layout,
+}
+
+impl ChunkParser {
+    /// [`parse_chunk`] into `chunk`, which should be [`Chunk::default`]; on error it is left in an unspecified
+    /// state.
+    ///
+    /// A `Chunk` is a few hundred bytes, and returning it through `Option` and `Result` layers costs a `memcpy` per
+    /// layer; the translator parses every line into one chunk on its stack instead.
+    ///
+    /// # Errors
+    ///
+    /// As [`parse_chunk`].
+    pub fn parse_into<'a>(&mut self, line: &'a [u8], chunk: &mut Chunk<'a>) -> Result<(), serde_json::Error> {
+        if self.layout.read(line, chunk).is_some() {
+            return Ok(());
+        }
+        let mut slots = Slots::default();
+        if parse_plain(line, chunk, &mut slots).is_some() {
+            if is_plain_delta(chunk) && slots.has_text() {
+                self.layout.learn(line, &slots);
+            }
+            return Ok(());
+        }
         *chunk = parse_serde(line)?;
+        Ok(())
     }
-    Ok(())
+}
+
+/// A string of a delta line that changes from one line to the next.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// The top-level `created_at` (read and ignored).
+    #[default]
+    CreatedAt,
+    /// `message.content`.
+    Content,
+    /// `message.thinking`.
+    Thinking,
+}
+
+/// Where the [`Slot`]s of one line are, in line order: from the opening quote to just past the closing quote.
+///
+/// Each slot is a field the fast path reads at most once (a duplicate sends the line to serde), so three suffice.
+#[derive(Debug, Default)]
+struct Slots {
+    spans: [(Slot, usize, usize); 3],
+    len: usize,
+}
+
+impl Slots {
+    fn push(&mut self, slot: Slot, start: usize, end: usize) {
+        if let Some(span) = self.spans.get_mut(self.len) {
+            *span = (slot, start, end);
+            self.len += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Slot, usize, usize)> {
+        self.spans[..self.len].iter()
+    }
+
+    /// Whether the line has answer or reasoning text: only such lines are worth remembering.
+    fn has_text(&self) -> bool {
+        self.iter().any(|&(slot, ..)| slot != Slot::CreatedAt)
+    }
+}
+
+/// True for a chunk that carries only `message.content` and/or `message.thinking`: the chunk a line with the
+/// same layout gives, whatever its slots hold.
+fn is_plain_delta(chunk: &Chunk<'_>) -> bool {
+    chunk.error.is_none()
+        && !chunk.done
+        && chunk.done_reason.is_none()
+        && [
+            chunk.prompt_eval_count,
+            chunk.prompt_eval_cached_count,
+            chunk.eval_count,
+            chunk.total_duration,
+            chunk.load_duration,
+            chunk.prompt_eval_duration,
+            chunk.eval_duration,
+        ]
+        .iter()
+        .all(Option::is_none)
+        && chunk
+            .message
+            .as_ref()
+            .is_some_and(|message| message.tool_calls.is_none())
+}
+
+/// The layout of the last plain delta: its bytes outside the slots, and where each slot goes.
+///
+/// A line that has exactly these constant bytes with a valid JSON string in each slot is a valid chunk that
+/// differs from the learned one only in those strings: replacing a string token by another keeps the document
+/// valid, its keys the same (so no new duplicates), and changes nothing else.
+#[derive(Debug, Default)]
+struct Layout {
+    /// The learned line without its slots.
+    constant: Vec<u8>,
+    /// Each slot, in line order, with the length of `constant` that comes before it.
+    slots: [(Slot, usize); 3],
+    /// Slots in use; 0 until a line was learned.
+    len: usize,
+}
+
+impl Layout {
+    fn learn(&mut self, line: &[u8], slots: &Slots) {
+        self.constant.clear();
+        let mut from = 0;
+        for (i, &(slot, start, end)) in slots.iter().enumerate() {
+            self.constant.extend_from_slice(&line[from..start]);
+            self.slots[i] = (slot, self.constant.len());
+            from = end;
+        }
+        self.constant.extend_from_slice(&line[from..]);
+        self.len = slots.len;
+    }
+
+    /// `line` read by this layout into `chunk` (a default one, only written on success); `None` if it does not
+    /// follow the layout or a slot is not a valid string.
+    fn read<'a>(&self, line: &'a [u8], chunk: &mut Chunk<'a>) -> Option<()> {
+        if self.len == 0 {
+            return None;
+        }
+        let mut cursor = Cursor::new(line);
+        let mut message = ChunkMessage::default();
+        let mut from = 0;
+        for &(slot, upto) in &self.slots[..self.len] {
+            let constant = &self.constant[from..upto];
+            if !line.get(cursor.pos..)?.starts_with(constant) {
+                return None;
+            }
+            cursor.pos += constant.len();
+            from = upto;
+            // The constant ends right before the slot's opening quote.
+            if line.get(cursor.pos) != Some(&b'"') {
+                return None;
+            }
+            match slot {
+                Slot::CreatedAt => drop(cursor.string()?),
+                Slot::Content => message.content = Some(CowStr(cursor.string_value()?)),
+                Slot::Thinking => message.thinking = Some(CowStr(cursor.string_value()?)),
+            }
+        }
+        if line.get(cursor.pos..)? != &self.constant[from..] {
+            return None;
+        }
+        chunk.message = Some(message);
+        Some(())
+    }
 }
 
 /// The fast path of [`parse_chunk`]: a chunk without error or tool calls, in one pass, into `chunk` (a default
-/// one); `None` for anything serde must decide.
-fn parse_plain<'a>(line: &'a [u8], chunk: &mut Chunk<'a>) -> Option<()> {
-    // One UTF-8 check for the whole line, instead of one per string.
-    let mut cursor = Cursor::from_str(std::str::from_utf8(line).ok()?);
+/// one), noting where its [`Slot`]s are; `None` for anything serde must decide.
+fn parse_plain<'a>(line: &'a [u8], chunk: &mut Chunk<'a>, slots: &mut Slots) -> Option<()> {
+    // Strings are checked for UTF-8 only when they hold non-ASCII bytes (found while scanning them), and bytes
+    // outside strings must be ASCII punctuation, digits or literals anyway.
+    let mut cursor = Cursor::new(line);
     cursor.expect(b'{')?;
     // Top-level fields seen, one bit each, to leave duplicates to serde (which rejects them).
     let mut seen = 0u16;
@@ -187,6 +333,7 @@ fn parse_plain<'a>(line: &'a [u8], chunk: &mut Chunk<'a>) -> Option<()> {
             b"load_duration" => 8,
             b"prompt_eval_duration" => 9,
             b"eval_duration" => 10,
+            b"created_at" => 11,
             _ => {
                 cursor.skip_value()?;
                 continue;
@@ -200,7 +347,7 @@ fn parse_plain<'a>(line: &'a [u8], chunk: &mut Chunk<'a>) -> Option<()> {
         match field {
             // `error: null` is no error; any other error value is serde's (it keeps the raw value).
             0 => cursor.literal(b"null")?,
-            1 => plain_message(&mut cursor, &mut chunk.message)?,
+            1 => plain_message(&mut cursor, &mut chunk.message, slots)?,
             2 => {
                 chunk.done = match cursor.peek()? {
                     b't' => cursor.literal(b"true").map(|()| true)?,
@@ -208,6 +355,15 @@ fn parse_plain<'a>(line: &'a [u8], chunk: &mut Chunk<'a>) -> Option<()> {
                 }
             }
             3 => optional_string(&mut cursor, &mut chunk.done_reason)?,
+            11 => {
+                if cursor.peek()? == b'"' {
+                    let start = cursor.pos;
+                    cursor.string()?;
+                    slots.push(Slot::CreatedAt, start, cursor.pos);
+                } else {
+                    cursor.skip_value()?;
+                }
+            }
             _ => optional_count(
                 &mut cursor,
                 match field {
@@ -227,7 +383,7 @@ fn parse_plain<'a>(line: &'a [u8], chunk: &mut Chunk<'a>) -> Option<()> {
 
 /// `message` into `slot`: `null`, or an object whose `content` and `thinking` are read; `tool_calls` other than
 /// `null` are left to serde. `None`: not for the fast path.
-fn plain_message<'a>(cursor: &mut Cursor<'a>, slot: &mut Option<ChunkMessage<'a>>) -> Option<()> {
+fn plain_message<'a>(cursor: &mut Cursor<'a>, slot: &mut Option<ChunkMessage<'a>>, slots: &mut Slots) -> Option<()> {
     if cursor.peek()? == b'n' {
         return cursor.literal(b"null");
     }
@@ -251,8 +407,8 @@ fn plain_message<'a>(cursor: &mut Cursor<'a>, slot: &mut Option<ChunkMessage<'a>
         }
         seen |= 1 << field;
         match field {
-            0 => optional_string(cursor, &mut message.content)?,
-            1 => optional_string(cursor, &mut message.thinking)?,
+            0 => noted_string(cursor, &mut message.content, slots, Slot::Content)?,
+            1 => noted_string(cursor, &mut message.thinking, slots, Slot::Thinking)?,
             _ => cursor.literal(b"null")?,
         }
     }
@@ -266,6 +422,23 @@ fn optional_string<'a>(cursor: &mut Cursor<'a>, slot: &mut Option<CowStr<'a>>) -
     }
     *slot = Some(CowStr(cursor.string_value()?));
     Some(())
+}
+
+/// [`optional_string`] for a [`Slot`]: a string's span is noted in `slots`.
+fn noted_string<'a>(
+    cursor: &mut Cursor<'a>,
+    value: &mut Option<CowStr<'a>>,
+    slots: &mut Slots,
+    slot: Slot,
+) -> Option<()> {
+    // `peek` skips whitespace, so the span starts at the quote.
+    if cursor.peek()? == b'"' {
+        let start = cursor.pos;
+        *value = Some(CowStr(cursor.string_value()?));
+        slots.push(slot, start, cursor.pos);
+        return Some(());
+    }
+    optional_string(cursor, value)
 }
 
 /// A count or duration into `slot`: a plain non-negative integer that fits in a `u64`, or `null`. Other numbers
@@ -488,6 +661,60 @@ mod tests {
         })
     }
 
+    /// Delta lines as Ollama writes them within one answer: the same fields around a changing `created_at`,
+    /// `content` and `thinking`, which may be absent, null, empty or any text.
+    fn delta_line() -> impl Strategy<Value = Vec<u8>> {
+        let text = prop_oneof![
+            3 => "[a-z ]{0,12}".prop_map(|s| json!(s)),
+            2 => any::<String>().prop_map(|s| json!(s)),
+            1 => "[ a\"\\\\/\n\t\u{1}é😀]{0,8}".prop_map(|s| json!(s)),
+            1 => Just(json!(null)),
+            1 => Just(json!(7)),
+        ];
+        let created_at = prop_oneof![
+            Just("2026-11-24T10:00:00.1208Z"),
+            Just("2026-11-24T10:00:00.120814999Z"),
+            Just("t\\u00e9")
+        ];
+        (
+            created_at,
+            proptest::option::of(text.clone()),
+            proptest::option::of(text),
+            any::<bool>(),
+        )
+            .prop_map(|(created_at, content, thinking, done)| {
+                use std::fmt::Write;
+                let mut line =
+                    format!(r#"{{"model":"qwen3:30b","created_at":"{created_at}","message":{{"role":"assistant""#);
+                for (key, value) in [("content", content), ("thinking", thinking)] {
+                    if let Some(value) = value {
+                        write!(line, ",{key:?}:{value}").unwrap();
+                    }
+                }
+                write!(line, r#"}},"done":{done}}}"#).unwrap();
+                line.into_bytes()
+            })
+    }
+
+    #[test]
+    fn later_deltas_are_read_by_layout() {
+        let mut parser = ChunkParser::default();
+        let first = br#"{"model":"m","created_at":"2026-11-24T10:00:00.1Z","message":{"role":"assistant","content":"Hi"},"done":false}"#;
+        parser.parse_into(first, &mut Chunk::default()).unwrap();
+        let next = br#"{"model":"m","created_at":"2026-11-24T10:00:00.25Z","message":{"role":"assistant","content":" the\n\u00e9"},"done":false}"#;
+        let mut chunk = Chunk::default();
+        assert!(parser.layout.read(next, &mut chunk).is_some());
+        assert_eq!(chunk.message.unwrap().content.unwrap().as_str(), " the\né");
+        // The done chunk does not follow the layout; it is parsed in full and not learned.
+        let done =
+            br#"{"model":"m","created_at":"t","message":{"role":"assistant","content":""},"done":true,"eval_count":3}"#;
+        assert!(parser.layout.read(done, &mut Chunk::default()).is_none());
+        let mut chunk = Chunk::default();
+        parser.parse_into(done, &mut chunk).unwrap();
+        assert!(chunk.done);
+        assert!(parser.layout.read(next, &mut Chunk::default()).is_some());
+    }
+
     /// Every outcome of [`parse_chunk`] (chunk or error message) is serde's.
     fn assert_same_as_serde(line: &[u8]) -> Result<(), TestCaseError> {
         let fast = parse_chunk(line)
@@ -525,7 +752,33 @@ mod tests {
         fn plain_chunks_take_the_fast_path(content in any::<String>(), done in any::<bool>(), count in any::<u64>()) {
             let line = serde_json::to_vec(&json!({"model": "m", "created_at": "t", "message": {"role": "assistant", "content": content},
                 "done": done, "done_reason": "stop", "eval_count": count, "prompt_eval_count": null})).unwrap();
-            prop_assert!(parse_plain(&line, &mut Chunk::default()).is_some());
+            prop_assert!(parse_plain(&line, &mut Chunk::default(), &mut Slots::default()).is_some());
+        }
+
+        /// A parser that has learned a delta's layout reads every later line as serde does: lines of the same
+        /// layout (with any strings in the slots), and the same lines with a few bytes changed.
+        #[test]
+        fn learned_layouts_match_serde(
+            first in delta_line(),
+            next in delta_line(),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..4u8), 0..3),
+        ) {
+            let mut parser = ChunkParser::default();
+            let _ = parser.parse_into(&first, &mut Chunk::default());
+            let mut line = next;
+            for (at, byte, op) in edits {
+                let at = at % (line.len() + 1);
+                match op {
+                    0 if at < line.len() => line[at] = byte,
+                    1 if at < line.len() => { line.remove(at); }
+                    2 => line.insert(at, byte),
+                    _ => line.insert(at, b' '),
+                }
+            }
+            let mut chunk = Chunk::default();
+            let ours = parser.parse_into(&line, &mut chunk).map(|()| format!("{chunk:?}")).map_err(|err| err.to_string());
+            let reference = parse_serde(&line).map(|chunk| format!("{chunk:?}")).map_err(|err| err.to_string());
+            prop_assert_eq!(ours, reference, "{}", String::from_utf8_lossy(&line));
         }
 
         #[test]

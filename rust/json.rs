@@ -268,27 +268,13 @@ pub(crate) struct Cursor<'a> {
     pub bytes: &'a [u8],
     /// The next byte to read.
     pub pos: usize,
-    /// The input as text, when it is known to be valid UTF-8: strings are then not validated again.
-    text: Option<&'a str>,
 }
 
 impl<'a> Cursor<'a> {
-    /// A cursor over bytes that may not be UTF-8 (strings are validated as they are read).
+    /// A cursor over bytes that may not be UTF-8: strings are validated as they are read, and only those with
+    /// bytes beyond ASCII need a UTF-8 check (outside strings, anything beyond ASCII is invalid JSON anyway).
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        Self {
-            bytes,
-            pos: 0,
-            text: None,
-        }
-    }
-
-    /// A cursor over text.
-    pub(crate) fn from_str(text: &'a str) -> Self {
-        Self {
-            bytes: text.as_bytes(),
-            pos: 0,
-            text: Some(text),
-        }
+        Self { bytes, pos: 0 }
     }
 
     /// Skip whitespace and return the next byte without consuming it.
@@ -348,24 +334,12 @@ impl<'a> Cursor<'a> {
     #[inline]
     pub(crate) fn key(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
-        let start = self.pos;
-        let mut high = false;
-        loop {
-            let byte = *self.bytes.get(self.pos)?;
-            self.pos += 1;
-            match byte {
-                b'"' => break,
-                b'\\' | 0..0x20 => return None,
-                0x80.. => high = true,
-                _ => {}
-            }
-        }
-        let key = &self.bytes[start..self.pos - 1];
-        if high {
-            std::str::from_utf8(key).ok()?;
+        let RawStr { raw, escaped } = self.string_body()?;
+        if escaped {
+            return None;
         }
         self.expect(b':')?;
-        Some(key)
+        Some(raw)
     }
 
     /// A string value (after optional whitespace).
@@ -379,6 +353,17 @@ impl<'a> Cursor<'a> {
     /// validated. Scans 64 bytes at a time, and byte by byte near the end of the input (where a 64-byte window
     /// would need a padded copy).
     pub(crate) fn string_body(&mut self) -> Option<RawStr<'a>> {
+        let (raw, high) = self.scan_string()?;
+        if high {
+            std::str::from_utf8(raw.raw).ok()?;
+        }
+        Some(raw)
+    }
+
+    /// [`Cursor::string_body`] without the UTF-8 check: the contents, and whether they hold non-ASCII bytes (which
+    /// the caller must then validate, unless the input is known to be text).
+    #[inline]
+    fn scan_string(&mut self) -> Option<(RawStr<'a>, bool)> {
         let start = self.pos;
         let mut escaped = false;
         let mut high = false;
@@ -399,7 +384,7 @@ impl<'a> Cursor<'a> {
             high |= word & SWAR_HIGH & ((1 << (8 * lane)) - 1) != 0;
             let at = self.pos + lane;
             match self.bytes[at] {
-                b'"' => return self.string_end(start, at, escaped, high),
+                b'"' => return Some(self.string_end(start, at, escaped, high)),
                 b'\\' => {
                     let (_, len) = unescape_at(self.bytes, at)?;
                     escaped = true;
@@ -443,18 +428,18 @@ impl<'a> Cursor<'a> {
             high |= highs & below(consumed) != 0;
             self.pos += consumed;
         };
-        self.string_end(start, end, escaped, high)
+        Some(self.string_end(start, end, escaped, high))
     }
 
-    /// Finish [`Cursor::string_body`] at the closing quote `end`.
+    /// Finish [`Cursor::scan_string`] at the closing quote `end`.
     #[inline]
-    fn string_end(&mut self, start: usize, end: usize, escaped: bool, high: bool) -> Option<RawStr<'a>> {
-        let raw = &self.bytes[start..end];
-        if high && self.text.is_none() {
-            std::str::from_utf8(raw).ok()?;
-        }
+    fn string_end(&mut self, start: usize, end: usize, escaped: bool, high: bool) -> (RawStr<'a>, bool) {
         self.pos = end + 1;
-        Some(RawStr { raw, escaped })
+        let raw = RawStr {
+            raw: &self.bytes[start..end],
+            escaped,
+        };
+        (raw, high)
     }
 
     /// [`Cursor::string_body`] byte by byte: the position of the closing quote.
@@ -479,12 +464,9 @@ impl<'a> Cursor<'a> {
     /// A string value (after optional whitespace), decoded: borrowed from the input unless it has escapes.
     pub(crate) fn string_value(&mut self) -> Option<Cow<'a, str>> {
         self.expect(b'"')?;
-        let start = self.pos;
-        let raw = self.string_body()?;
-        let text = match self.text {
-            Some(text) => text.get(start..start + raw.raw.len())?,
-            None => std::str::from_utf8(raw.raw).ok()?,
-        };
+        // Validated here, once: the scan only notes whether there is anything beyond ASCII.
+        let (raw, _) = self.scan_string()?;
+        let text = std::str::from_utf8(raw.raw).ok()?;
         if raw.escaped {
             unescape(text).map(Cow::Owned)
         } else {
@@ -712,22 +694,18 @@ mod tests {
 
     #[test]
     fn strings_decode() {
-        for mut cursor in [
-            Cursor::new(br#" "plain" "a\nb\u00e9\/" "#),
-            Cursor::from_str(r#" "plain" "a\nb\u00e9\/" "#),
-        ] {
-            let start = cursor.pos;
-            assert_eq!(
-                cursor.string(),
-                Some(RawStr {
-                    raw: b"plain",
-                    escaped: false
-                })
-            );
-            cursor.pos = start;
-            assert!(matches!(cursor.string_value(), Some(Cow::Borrowed("plain"))));
-            assert_eq!(cursor.string_value().unwrap(), "a\nbé/");
-        }
+        let mut cursor = Cursor::new(br#" "plain" "a\nb\u00e9\/" "#);
+        let start = cursor.pos;
+        assert_eq!(
+            cursor.string(),
+            Some(RawStr {
+                raw: b"plain",
+                escaped: false
+            })
+        );
+        cursor.pos = start;
+        assert!(matches!(cursor.string_value(), Some(Cow::Borrowed("plain"))));
+        assert_eq!(cursor.string_value().unwrap(), "a\nbé/");
     }
 
     proptest! {
@@ -747,8 +725,6 @@ mod tests {
             let mut cursor = Cursor::new(json.as_bytes());
             prop_assert_eq!(cursor.string_value().unwrap(), s.as_str());
             prop_assert_eq!(cursor.pos + pad, json.len());
-            let mut cursor = Cursor::from_str(&json);
-            prop_assert_eq!(cursor.string_value().unwrap(), s.as_str());
         }
 
         #[test]

@@ -29,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::chunk::{Chunk, ToolCall, parse_chunk_into};
+use crate::chunk::{Chunk, ChunkParser, ToolCall};
 use crate::errors::CoreError;
 use crate::heal::{HealKind, heal_value};
 use crate::ndjson::LineSplitter;
@@ -117,6 +117,7 @@ enum Phase {
 pub struct Translator {
     opts: TranslatorOptions,
     splitter: LineSplitter,
+    parser: ChunkParser,
     blocks: Vec<Block>,
     /// Whether the last block is still open (only thinking and text blocks stay open).
     open: bool,
@@ -154,6 +155,7 @@ impl Translator {
         let text_calls = tools.as_ref().map(|_| TextCallScanner::new());
         Self {
             splitter: LineSplitter::new(opts.max_line_bytes),
+            parser: ChunkParser::default(),
             opts,
             blocks: Vec::new(),
             open: false,
@@ -369,7 +371,7 @@ impl Translator {
             Ok(line) => {
                 // Parsed in place: moving a `Chunk` (a few hundred bytes) costs a `memcpy` per move.
                 let mut chunk = Chunk::default();
-                match parse_chunk_into(line, &mut chunk) {
+                match self.parser.parse_into(line, &mut chunk) {
                     Ok(()) => self.on_chunk(&mut chunk, out),
                     Err(err) => {
                         let message = format!("Ollama sent a malformed line ({err}): {:?}", excerpt(line));
