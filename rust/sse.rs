@@ -12,6 +12,8 @@
 
 use memchr::memchr2;
 
+use crate::json::swar_string_stops;
+
 use crate::errors::CoreError;
 
 /// Token usage as reported in `message_start`, `message_delta` and the non-streaming message.
@@ -52,25 +54,37 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight bytes at a time while nothing needs escaping: the bytes to escape are exactly the ones that end a
+        // run of plain string contents in JSON input.
+        if let Some(word) = bytes[i..].first_chunk::<8>() {
+            let stops = swar_string_stops(u64::from_le_bytes(*word));
+            if stops == 0 {
+                i += 8;
+                continue;
+            }
+            i += (stops.trailing_zeros() / 8) as usize;
+        }
+        let byte = bytes[i];
         let escape = ESCAPE[byte as usize];
-        if escape == 0 {
-            continue;
+        if escape != 0 {
+            out.extend_from_slice(&bytes[start..i]);
+            start = i + 1;
+            if escape == b'u' {
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(byte >> 4) as usize],
+                    HEX[(byte & 0xF) as usize],
+                ]);
+            } else {
+                out.extend_from_slice(&[b'\\', escape]);
+            }
         }
-        out.extend_from_slice(&bytes[start..i]);
-        start = i + 1;
-        if escape == b'u' {
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(byte >> 4) as usize],
-                HEX[(byte & 0xF) as usize],
-            ]);
-        } else {
-            out.extend_from_slice(&[b'\\', escape]);
-        }
+        i += 1;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
@@ -232,38 +246,55 @@ pub fn tool_use_block_start(out: &mut Vec<u8>, index: usize, id: &str, name: &st
 }
 
 /// `content_block_delta` with a delta of type `kind` whose string field `field` is `value`.
-fn delta(out: &mut Vec<u8>, index: usize, kind: &str, field: &str, value: &str) {
-    begin(out, "content_block_delta");
-    out.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":");
+/// The bytes of a `content_block_delta` frame before its index.
+const DELTA_HEAD: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":";
+
+/// One `content_block_delta` frame; `middle` is what goes between the index and the value
+/// (`,"delta":{"type":"<kind>","<field>":`). Deltas are the bulk of a stream, so the frame is written in as few
+/// copies as possible.
+#[inline]
+fn delta(out: &mut Vec<u8>, index: usize, middle: &[u8], value: &str) {
+    out.reserve(DELTA_HEAD.len() + 20 + middle.len() + value.len() + 2 + 4);
+    out.extend_from_slice(DELTA_HEAD);
     push_u64(out, index as u64);
-    out.extend_from_slice(b",\"delta\":{\"type\":\"");
-    out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(b"\",\"");
-    out.extend_from_slice(field.as_bytes());
-    out.extend_from_slice(b"\":");
+    out.extend_from_slice(middle);
     push_json_str(out, value);
-    out.extend_from_slice(b"}}");
-    end(out);
+    out.extend_from_slice(b"}}\n\n");
 }
 
 /// `text_delta` for a text block.
 pub fn text_delta(out: &mut Vec<u8>, index: usize, text: &str) {
-    delta(out, index, "text_delta", "text", text);
+    delta(out, index, b",\"delta\":{\"type\":\"text_delta\",\"text\":", text);
 }
 
 /// `thinking_delta` for a thinking block.
 pub fn thinking_delta(out: &mut Vec<u8>, index: usize, thinking: &str) {
-    delta(out, index, "thinking_delta", "thinking", thinking);
+    delta(
+        out,
+        index,
+        b",\"delta\":{\"type\":\"thinking_delta\",\"thinking\":",
+        thinking,
+    );
 }
 
 /// `signature_delta`, sent just before a thinking block stops.
 pub fn signature_delta(out: &mut Vec<u8>, index: usize, signature: &str) {
-    delta(out, index, "signature_delta", "signature", signature);
+    delta(
+        out,
+        index,
+        b",\"delta\":{\"type\":\"signature_delta\",\"signature\":",
+        signature,
+    );
 }
 
 /// `input_json_delta` carrying (part of) a tool call's input JSON as a string.
 pub fn input_json_delta(out: &mut Vec<u8>, index: usize, partial_json: &str) {
-    delta(out, index, "input_json_delta", "partial_json", partial_json);
+    delta(
+        out,
+        index,
+        b",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":",
+        partial_json,
+    );
 }
 
 /// `content_block_stop`.
