@@ -235,12 +235,14 @@ class MessagesService:
         opening = asyncio.create_task(self.chat.send(request))
         try:
             waiting: set[asyncio.Task[Any]] = {opening, disconnected}
+            done: set[asyncio.Task[Any]] = set()
             if sse is not None and not sse.started:
                 done, _ = await asyncio.wait(waiting, timeout=HEADER_GRACE, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     await sse.start(translator.start())
-            remaining = max(0.0, deadline - time.monotonic())
-            done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                remaining = max(0.0, deadline - time.monotonic())
+                done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             if disconnected in done:
                 return None
             if not done:
