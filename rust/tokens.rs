@@ -1013,10 +1013,10 @@ fn count_request_serde(body: &[u8]) -> Result<usize, CoreError> {
     }
     let request: Request<'_> = serde_json::from_slice(body)?;
     let mut total = request.system.as_ref().map_or(0, |content| content.count(0));
-    for message in request.messages.iter().flatten() {
+    for Object(message) in request.messages.iter().flatten() {
         total += message.content.as_ref().map_or(0, |content| content.count(0));
     }
-    for tool in request.tools.iter().flatten() {
+    for Object(tool) in request.tools.iter().flatten() {
         total += tool.name.as_ref().map_or(0, |s| count_text(s.as_str()));
         total += tool.description.as_ref().map_or(0, |s| count_text(s.as_str()));
         total += tool.input_schema.map_or(0, |schema| count_json(schema.get()));
@@ -1029,9 +1029,32 @@ struct Request<'a> {
     #[serde(borrow)]
     system: Option<Content<'a>>,
     #[serde(borrow)]
-    messages: Option<Vec<Message<'a>>>,
+    messages: Option<Vec<Object<Message<'a>>>>,
     #[serde(borrow)]
-    tools: Option<Vec<Tool<'a>>>,
+    tools: Option<Vec<Object<Tool<'a>>>>,
+}
+
+/// A message or tool, which must be a JSON object: serde's derived structs would also read an array, by position.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <&'de RawValue>::deserialize(deserializer)?;
+        if !raw.get().starts_with('{') {
+            return Err(serde::de::Error::custom(format!(
+                "each message and tool must be a JSON object, found {}",
+                excerpt(raw.get())
+            )));
+        }
+        serde_json::from_str(raw.get())
+            .map(Object)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The start of a JSON value, for an error message.
+fn excerpt(json: &str) -> &str {
+    json.char_indices().nth(40).map_or(json, |(end, _)| &json[..end])
 }
 
 #[derive(Deserialize)]
@@ -1539,6 +1562,10 @@ mod tests {
             b"{\"messages\":{}}",
             b"{\"messages\":[1]}",
             b"{\"tools\":[{\"name\":1}]}",
+            // A message or tool given as an array, which serde alone would read field by field.
+            b"{\"messages\":[[\"hi\"]]}",
+            b"{\"messages\":[[\"user\",\"some words here\"]]}",
+            b"{\"tools\":[[\"Read\",\"Reads a file\",{}]]}",
             b"\xff",
         ] {
             match count_request(body) {
