@@ -46,6 +46,20 @@ impl From<serde_json::Error> for CoreError {
     }
 }
 
+/// Longest excerpt of bad input quoted in an error message, in characters.
+pub(crate) const EXCERPT_CHARS: usize = 80;
+
+/// The first [`EXCERPT_CHARS`] characters of some input, lossily decoded, with `…` when cut (for error messages).
+pub(crate) fn excerpt(line: &[u8]) -> String {
+    let head = &line[..line.len().min(EXCERPT_CHARS * 4)];
+    let text = String::from_utf8_lossy(head);
+    let mut excerpt: String = text.chars().take(EXCERPT_CHARS).collect();
+    if excerpt.len() < line.len() {
+        excerpt.push('…');
+    }
+    excerpt
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 
 use crate::chunk::{Chunk, ChunkParser, ToolCall};
-use crate::errors::CoreError;
+use crate::errors::{CoreError, excerpt};
 use crate::heal::{HealKind, heal_value};
 use crate::ndjson::LineSplitter;
 use crate::schema::{Repair, ToolSet};
@@ -40,9 +40,6 @@ use crate::tokens::{count_json, count_text};
 
 /// Message for a stream that ended without a `done` chunk or an error line.
 pub const EARLY_EOF_MESSAGE: &str = "Ollama closed the stream before the answer was complete";
-
-/// Longest excerpt of a malformed upstream line quoted in the error message, in characters.
-const EXCERPT_CHARS: usize = 80;
 
 /// Longest upstream error text passed on, in bytes; upstream errors are short, this only bounds hostile input.
 const MAX_ERROR_TEXT: usize = 2000;
@@ -756,17 +753,6 @@ fn partial_stop_len(text: &str, stops: &[String]) -> usize {
         }
     }
     best
-}
-
-/// The first [`EXCERPT_CHARS`] characters of a line, lossily decoded (for error messages).
-fn excerpt(line: &[u8]) -> String {
-    let head = &line[..line.len().min(EXCERPT_CHARS * 4)];
-    let text = String::from_utf8_lossy(head);
-    let mut excerpt: String = text.chars().take(EXCERPT_CHARS).collect();
-    if excerpt.len() < line.len() {
-        excerpt.push('…');
-    }
-    excerpt
 }
 
 /// `text` cut to at most `max` bytes on a character boundary.
@@ -1605,7 +1591,7 @@ mod tests {
         assert_eq!(truncate("héllo", 3), "hé");
         assert_eq!(truncate("abc", 10), "abc");
         assert_eq!(excerpt(b"short"), "short");
-        assert_eq!(excerpt(&[b'a'; 100]).chars().count(), EXCERPT_CHARS + 1);
+        assert_eq!(excerpt(&[b'a'; 100]).chars().count(), crate::errors::EXCERPT_CHARS + 1);
     }
 
     #[test]

@@ -1043,18 +1043,13 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
         if !raw.get().starts_with('{') {
             return Err(serde::de::Error::custom(format!(
                 "each message and tool must be a JSON object, found {}",
-                excerpt(raw.get())
+                crate::errors::excerpt(raw.get().as_bytes())
             )));
         }
         serde_json::from_str(raw.get())
             .map(Object)
             .map_err(serde::de::Error::custom)
     }
-}
-
-/// The start of a JSON value, for an error message.
-fn excerpt(json: &str) -> &str {
-    json.char_indices().nth(40).map_or(json, |(end, _)| &json[..end])
 }
 
 #[derive(Deserialize)]
