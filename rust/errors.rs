@@ -21,6 +21,8 @@ pub enum CoreError {
     },
     /// An SSE event name was empty or contained a line break, which would corrupt the framing.
     InvalidSseEvent(String),
+    /// An HTTP chunked body broke its framing (a bad size line, data longer than announced, a missing CR LF).
+    InvalidChunkedBody(String),
 }
 
 impl fmt::Display for CoreError {
@@ -34,6 +36,7 @@ impl fmt::Display for CoreError {
                     "invalid SSE event name {event:?}: it must be non-empty and contain no line breaks"
                 )
             }
+            Self::InvalidChunkedBody(msg) => write!(f, "invalid chunked body: {msg}"),
         }
     }
 }

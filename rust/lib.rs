@@ -3,6 +3,7 @@
 //! The proxy speaks the Anthropic Messages API to Claude Code and Ollama's native `/api/chat` NDJSON API upstream.
 //! Everything on the per-request hot path lives here as plain Rust with no Python dependency:
 //!
+//! - [`chunked`]: incremental decoding of the upstream's HTTP/1.1 chunked body;
 //! - [`ndjson`]: incremental line splitting of the raw upstream byte stream;
 //! - [`chunk`]: borrowed parsing of one Ollama `/api/chat` NDJSON line;
 //! - [`heal`]: repair of tool-call arguments into a JSON object;
@@ -18,6 +19,7 @@
 //! feature (maturin turns it on), so `cargo test` never links libpython.
 
 pub mod chunk;
+pub mod chunked;
 pub mod errors;
 pub mod heal;
 pub mod json;

@@ -13,6 +13,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
+use crate::chunked;
 use crate::errors;
 use crate::heal;
 use crate::ndjson::LineSplitter;
@@ -46,7 +47,9 @@ impl From<errors::CoreError> for PyErr {
         match err {
             errors::CoreError::InvalidJson(_) => InvalidJsonError::new_err(message),
             errors::CoreError::LineTooLong { .. } => LineTooLongError::new_err(message),
-            errors::CoreError::InvalidSseEvent(_) => CoreError::new_err(message),
+            errors::CoreError::InvalidSseEvent(_) | errors::CoreError::InvalidChunkedBody(_) => {
+                CoreError::new_err(message)
+            }
         }
     }
 }
@@ -160,6 +163,50 @@ impl NdjsonSplitter {
     #[getter]
     fn buffered(&self) -> usize {
         self.inner.buffered()
+    }
+}
+
+/// Decoder of one HTTP/1.1 chunked body, fed socket reads.
+#[pyclass(module = "ccop._core", name = "ChunkedDecoder")]
+struct ChunkedDecoder {
+    inner: chunked::ChunkedDecoder,
+    /// Reused output buffer.
+    out: Vec<u8>,
+    /// Bytes that arrived after the end of the body.
+    excess: usize,
+}
+
+#[pymethods]
+impl ChunkedDecoder {
+    #[new]
+    fn new() -> Self {
+        Self {
+            inner: chunked::ChunkedDecoder::new(),
+            out: Vec::new(),
+            excess: 0,
+        }
+    }
+
+    /// Feed one socket read; return the body bytes it completed (possibly empty).
+    #[pyo3(signature = (data, /))]
+    fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let used = self.inner.feed(data, &mut self.out)?;
+        self.excess += data.len() - used;
+        let body = PyBytes::new(py, &self.out);
+        self.out.clear();
+        Ok(body)
+    }
+
+    /// True once the body's terminating empty line has been read.
+    #[getter]
+    fn done(&self) -> bool {
+        self.inner.is_done()
+    }
+
+    /// Bytes received after the end of the body (they belong to no response).
+    #[getter]
+    fn excess(&self) -> usize {
+        self.excess
     }
 }
 
@@ -299,8 +346,8 @@ impl StreamTranslator {
 mod _core {
     #[pymodule_export]
     use super::{
-        CoreError, InvalidJsonError, LineTooLongError, NdjsonSplitter, StreamTranslator, count_request_tokens,
-        count_tokens, encode_sse, heal_tool_arguments,
+        ChunkedDecoder, CoreError, InvalidJsonError, LineTooLongError, NdjsonSplitter, StreamTranslator,
+        count_request_tokens, count_tokens, encode_sse, heal_tool_arguments,
     };
     use pyo3::prelude::*;
 
