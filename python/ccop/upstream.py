@@ -7,6 +7,7 @@ import re
 import httpx
 import orjson
 
+from ccop._core import __version__
 from ccop.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -15,6 +16,7 @@ from ccop.errors import (
     ProxyError,
     UpstreamError,
 )
+from ccop.transport import OllamaTransport
 
 __all__ = ["CONNECT_TIMEOUT", "ChatSender", "create_client", "error_from_response", "unreachable"]
 
@@ -23,15 +25,19 @@ CONNECT_TIMEOUT = 5.0
 _CONTEXT_OVERFLOW = re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)")
 
 
-def create_client(ollama_url: str) -> tuple[httpx.AsyncClient, httpx.AsyncHTTPTransport]:
+def create_client(ollama_url: str) -> tuple[httpx.AsyncClient, OllamaTransport]:
     """The worker's client to Ollama, and its transport (the connection pool) for `ChatSender`."""
     # No read timeout: loading a model and reading a long prompt can take minutes, and the stream's own idle
     # watchdog decides when silence means failure. `trust_env=False` keeps HTTP(S)_PROXY settings meant for the
     # internet from rerouting a local Ollama.
     timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=None, write=60.0, pool=None)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30.0)
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    client = httpx.AsyncClient(base_url=ollama_url, timeout=timeout, transport=transport, trust_env=False)
+    transport = OllamaTransport(max_idle=256, idle_expiry=30.0)
+    # The answer is relayed as the raw bytes Ollama sent: a compressing reverse proxy in front of Ollama must not
+    # compress it.
+    headers = {"accept-encoding": "identity", "user-agent": f"ccop/{__version__}"}
+    client = httpx.AsyncClient(
+        base_url=ollama_url, timeout=timeout, transport=transport, headers=headers, trust_env=False
+    )
     return client, transport
 
 
