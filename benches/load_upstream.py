@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 
@@ -184,8 +185,8 @@ class _Connection(asyncio.Protocol):
         self._close_after = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
+        self._transport = cast(asyncio.Transport, transport)
         self._stats.connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -23,10 +23,12 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from baselines import (
+    PyChunkedDecoder,
     PyNdjsonSplitter,
     PyStreamTranslator,
     build_request_body,
     build_stream,
+    chunk_encode,
     cut_pieces,
     heal_inputs,
     py_count_request,
@@ -157,6 +159,26 @@ def test_ndjson_split(benchmark: BenchmarkFixture, impl: str) -> None:
     assert _split_python(PIECES) == expected
     assert benchmark(_split_rust if impl == "rust" else _split_python, PIECES) == expected
     _record(benchmark, lines=len(LINES), reads=len(PIECES))
+
+
+CHUNKED_READS = cut_pieces(chunk_encode(LINES), 1024, 4096)
+
+
+def _dechunk(decoder: _core.ChunkedDecoder | PyChunkedDecoder, reads: Sequence[bytes]) -> bytes:
+    feed = decoder.feed
+    body = b"".join([feed(read) for read in reads])
+    assert decoder.done
+    return body
+
+
+@pytest.mark.benchmark(group="1d chunked decoding: 502 HTTP chunks in 1-4 KB reads")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_chunked_decoding(benchmark: BenchmarkFixture, impl: str) -> None:
+    assert _dechunk(_core.ChunkedDecoder(), CHUNKED_READS) == STREAM
+    assert _dechunk(PyChunkedDecoder(), CHUNKED_READS) == STREAM
+    make = _core.ChunkedDecoder if impl == "rust" else PyChunkedDecoder
+    assert benchmark(lambda: _dechunk(make(), CHUNKED_READS)) == STREAM
+    _record(benchmark, chunks=len(LINES), reads=len(CHUNKED_READS))
 
 
 # --------------------------------------------------------------------------------------------------------------------
