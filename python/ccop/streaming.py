@@ -47,7 +47,7 @@ class RelayOutcome:
 
 
 async def drain(outcome: RelayOutcome, timeout: float = 1.0) -> None:
-    """Read the end of a finished upstream body, so httpx returns the connection to its pool.
+    """Read the end of a finished upstream body, so the transport can keep the connection for the next request.
 
     Closing it unread instead would make every request open (and Ollama accept) a new TCP connection.
     """

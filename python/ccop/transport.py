@@ -61,7 +61,7 @@ class _Connection(asyncio.Protocol):
     def _begin(self, request_method: bytes) -> None:
         self._in_request = True
         self._method = request_method
-        self._head = bytearray()
+        self._head = b""
         # Any byte of an answer (even an interim 1xx) proves the request reached the server: no silent retry then.
         self._answered = False
         self.head_received = False
@@ -131,19 +131,23 @@ class _Connection(asyncio.Protocol):
     # -- parsing -------------------------------------------------------------------------------------------------
 
     def _receive_head(self, data: bytes) -> bytes:
-        self._head += data
+        """Parse the head once it is complete; returns the body bytes that came with it."""
+        if self._head:
+            data = self._head + data
+        start = 0
         while True:
-            end = self._head.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n", start)
             if end < 0:
+                # Usually the head arrives whole, with the start of the body; only a split head is kept.
+                self._head = data[start:]
                 if len(self._head) > MAX_HEAD_BYTES:
                     raise httpx.RemoteProtocolError("Ollama's response head is too large")
                 return b""
-            head, rest = bytes(self._head[:end]), bytes(self._head[end + 4 :])
-            self._head = bytearray(rest)
-            self._parse_head(head)
+            self._parse_head(data[start:end])
+            start = end + 4
             if self.head_received:
-                self._head = bytearray()
-                return rest
+                self._head = b""
+                return data[start:]
             # An interim 1xx response: the real one follows.
 
     def _parse_head(self, head: bytes) -> None:
