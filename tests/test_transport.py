@@ -234,6 +234,16 @@ def echo(request: ReceivedRequest) -> bytes:
     return with_length(json.dumps(received).encode(), headers=b"Content-Type: application/json\r\n")
 
 
+def first_connection_then_echo(first: Handler) -> Handler:
+    """A server whose first connection is handled by `first`, and every later one by `answer_each(echo)`."""
+    echo_each = answer_each(echo)
+
+    async def handler(peer: Peer) -> None:
+        await (first if peer.index == 0 else echo_each)(peer)
+
+    return handler
+
+
 def client_for(
     server: RawServer, transport: OllamaTransport | None = None, *, read: float | None = PATIENCE
 ) -> httpx.AsyncClient:
@@ -411,16 +421,13 @@ def test_request_that_crosses_the_servers_close_is_retried_on_a_new_connection()
     # The server's close of an idle connection and the client's next request pass each other on the wire: the
     # request reaches a connection that closes without answering. It never got an answer, so sending it again on a
     # new connection is safe, and the caller should not see the failure.
-    async def handler(peer: Peer) -> None:
-        if peer.index == 0:
-            await peer.read_request()
-            await peer.send(with_length(b"first"))
-            await peer.read_request()  # the second request arrives, and the connection closes unanswered
-            return
-        await answer_each(echo)(peer)
+    async def first_connection(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(with_length(b"first"))
+        await peer.read_request()  # the second request arrives, and the connection closes unanswered
 
     async def main() -> None:
-        async with RawServer(handler) as server, client_for(server) as client:
+        async with RawServer(first_connection_then_echo(first_connection)) as server, client_for(server) as client:
             assert (await client.get("/first")).content == b"first"
             second = await client.post("/api/chat", content=b'{"again": true}')
             assert second.status_code == 200
@@ -453,17 +460,14 @@ def test_streamed_request_body_is_not_replayed_when_the_kept_alive_connection_di
 
 
 def test_request_the_server_acknowledged_with_an_interim_response_is_not_replayed() -> None:
-    async def handler(peer: Peer) -> None:
-        if peer.index == 0:
-            await peer.read_request()
-            await peer.send(with_length(b"first"))
-            await peer.read_request()
-            await peer.send(b"HTTP/1.1 100 Continue\r\n\r\n")  # the request arrived; then the server goes away
-            return
-        await answer_each(echo)(peer)
+    async def first_connection(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(with_length(b"first"))
+        await peer.read_request()
+        await peer.send(b"HTTP/1.1 100 Continue\r\n\r\n")  # the request arrived; then the server goes away
 
     async def main() -> None:
-        async with RawServer(handler) as server, client_for(server) as client:
+        async with RawServer(first_connection_then_echo(first_connection)) as server, client_for(server) as client:
             assert (await client.get("/first")).content == b"first"
             with pytest.raises(httpx.RemoteProtocolError):
                 await client.post("/api/create", content=b'{"model": "new"}')
@@ -574,16 +578,13 @@ def test_malformed_response_head_is_a_remote_protocol_error(wire: bytes, message
 )
 def test_bytes_after_a_complete_body_keep_the_connection_out_of_the_pool(wire: bytes, body: bytes) -> None:
     # Bytes nobody asked for mean the connection's framing cannot be trusted: the next answer would start mid-stream.
-    async def handler(peer: Peer) -> None:
-        if peer.index == 0:
-            await peer.read_request()
-            await peer.send(wire)
-            await peer.read_until_eof()
-            return
-        await answer_each(echo)(peer)
+    async def first_connection(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(wire)
+        await peer.read_until_eof()
 
     async def main() -> None:
-        async with RawServer(handler) as server, client_for(server) as client:
+        async with RawServer(first_connection_then_echo(first_connection)) as server, client_for(server) as client:
             first = await client.get("/first")
             assert first.content == body
             second = await client.get("/second")
@@ -598,18 +599,15 @@ def test_bytes_after_a_complete_body_keep_the_connection_out_of_the_pool(wire: b
 def test_bytes_arriving_on_an_idle_pooled_connection_close_it() -> None:
     first_answer_read = asyncio.Event()
 
-    async def handler(peer: Peer) -> None:
-        if peer.index == 0:
-            await peer.read_request()
-            await peer.send(with_length(b"hello"))
-            await first_answer_read.wait()
-            await peer.send(b"HTTP/1.1 200 OK\r\n")  # while the connection sits in the pool
-            await peer.read_until_eof()
-            return
-        await answer_each(echo)(peer)
+    async def first_connection(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(with_length(b"hello"))
+        await first_answer_read.wait()
+        await peer.send(b"HTTP/1.1 200 OK\r\n")  # while the connection sits in the pool
+        await peer.read_until_eof()
 
     async def main() -> None:
-        async with RawServer(handler) as server, client_for(server) as client:
+        async with RawServer(first_connection_then_echo(first_connection)) as server, client_for(server) as client:
             assert (await client.get("/first")).content == b"hello"
             first_answer_read.set()
             await server.closed_by_client(0)
@@ -753,16 +751,13 @@ def test_upload_abandoned_by_a_write_timeout_is_not_sent_on() -> None:
 def test_cancelling_a_request_waiting_for_its_answer_closes_the_connection() -> None:
     request_arrived = asyncio.Event()
 
-    async def handler(peer: Peer) -> None:
-        if peer.index == 0:
-            await peer.read_request()
-            request_arrived.set()
-            await peer.read_until_eof()  # never answers; the client's close is what ends this
-            return
-        await answer_each(echo)(peer)
+    async def first_connection(peer: Peer) -> None:
+        await peer.read_request()
+        request_arrived.set()
+        await peer.read_until_eof()  # never answers; the client's close is what ends this
 
     async def main() -> None:
-        async with RawServer(handler) as server, client_for(server) as client:
+        async with RawServer(first_connection_then_echo(first_connection)) as server, client_for(server) as client:
             waiting = asyncio.create_task(client.post("/api/chat", content=b"{}"))
             await asyncio.wait_for(request_arrived.wait(), PATIENCE)
             waiting.cancel()
@@ -776,13 +771,10 @@ def test_cancelling_a_request_waiting_for_its_answer_closes_the_connection() -> 
 
 
 def test_cancelling_a_request_reading_its_body_closes_the_connection() -> None:
-    async def handler(peer: Peer) -> None:
-        if peer.index == 0:
-            await peer.read_request()
-            await peer.send(CHUNKED_HEAD + b"5\r\nfirst\r\n")
-            await peer.read_until_eof()
-            return
-        await answer_each(echo)(peer)
+    async def first_connection(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(CHUNKED_HEAD + b"5\r\nfirst\r\n")
+        await peer.read_until_eof()
 
     async def main() -> None:
         first_piece = asyncio.Event()
@@ -792,7 +784,7 @@ def test_cancelling_a_request_reading_its_body_closes_the_connection() -> None:
                 async for _ in response.aiter_raw():
                     first_piece.set()
 
-        async with RawServer(handler) as server, client_for(server) as client:
+        async with RawServer(first_connection_then_echo(first_connection)) as server, client_for(server) as client:
             reading = asyncio.create_task(read_stream())
             await asyncio.wait_for(first_piece.wait(), PATIENCE)
             reading.cancel()
@@ -826,16 +818,13 @@ def test_line_break_in_a_header_is_a_local_protocol_error_and_nothing_is_sent() 
 
 
 def test_closing_a_response_before_reading_its_body_closes_the_connection() -> None:
-    async def handler(peer: Peer) -> None:
-        if peer.index == 0:
-            await peer.read_request()
-            await peer.send(with_length(b"0123456789")[:-7])  # the head and 3 of the 10 body bytes
-            await peer.read_until_eof()
-            return
-        await answer_each(echo)(peer)
+    async def first_connection(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(with_length(b"0123456789")[:-7])  # the head and 3 of the 10 body bytes
+        await peer.read_until_eof()
 
     async def main() -> None:
-        async with RawServer(handler) as server, client_for(server) as client:
+        async with RawServer(first_connection_then_echo(first_connection)) as server, client_for(server) as client:
             response = await client.send(client.build_request("GET", "/partial"), stream=True)
             assert response.status_code == 200
             await response.aclose()
