@@ -244,6 +244,13 @@ def first_connection_then_echo(first: Handler) -> Handler:
     return handler
 
 
+async def first_connection_closed_and_replaced(server: RawServer, client: httpx.AsyncClient) -> None:
+    """Assert that the client closed the server's first connection and sends its next request on a new one."""
+    await server.closed_by_client(0)
+    assert (await client.get("/next")).json()["target"] == "/next"
+    assert server.connections == 2
+
+
 def client_for(
     server: RawServer, transport: OllamaTransport | None = None, *, read: float | None = PATIENCE
 ) -> httpx.AsyncClient:
@@ -610,9 +617,7 @@ def test_bytes_arriving_on_an_idle_pooled_connection_close_it() -> None:
         async with RawServer(first_connection_then_echo(first_connection)) as server, client_for(server) as client:
             assert (await client.get("/first")).content == b"hello"
             first_answer_read.set()
-            await server.closed_by_client(0)
-            assert (await client.get("/second")).json()["target"] == "/second"
-            assert server.connections == 2
+            await first_connection_closed_and_replaced(server, client)
 
     asyncio.run(main())
 
@@ -763,9 +768,7 @@ def test_cancelling_a_request_waiting_for_its_answer_closes_the_connection() -> 
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
-            await server.closed_by_client(0)
-            assert (await client.get("/next")).json()["target"] == "/next"
-            assert server.connections == 2
+            await first_connection_closed_and_replaced(server, client)
 
     asyncio.run(main())
 
@@ -790,9 +793,7 @@ def test_cancelling_a_request_reading_its_body_closes_the_connection() -> None:
             reading.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await reading
-            await server.closed_by_client(0)
-            assert (await client.get("/next")).json()["target"] == "/next"
-            assert server.connections == 2
+            await first_connection_closed_and_replaced(server, client)
 
     asyncio.run(main())
 
@@ -828,9 +829,7 @@ def test_closing_a_response_before_reading_its_body_closes_the_connection() -> N
             response = await client.send(client.build_request("GET", "/partial"), stream=True)
             assert response.status_code == 200
             await response.aclose()
-            await server.closed_by_client(0)
-            assert (await client.get("/next")).json()["target"] == "/next"
-            assert server.connections == 2
+            await first_connection_closed_and_replaced(server, client)
 
     asyncio.run(main())
 
