@@ -674,15 +674,25 @@ def _check_options(options: Json) -> str | None:
 
 
 def estimate_prompt_tokens(request: Json) -> int:
-    """The double's prompt size in tokens: characters of all message ``content`` divided by 4.
+    """The double's prompt size in tokens: the characters Ollama renders into the prompt, divided by 4.
 
+    That is every message's ``content`` and ``thinking``, its tool calls, and the ``tools`` (Ollama's templates
+    write each tool's JSON into the prompt, which is why Claude Code's ~12 tool schemas cost thousands of tokens).
     It drives both the ``truncate:false`` overflow check and the default ``prompt_eval_count``, so tests can predict
-    either from the request they send.
+    either from the request they send, and a client that decides by usage (Claude Code's auto-compaction) sees sizes
+    close to a real model's.
     """
     chars = 0
     for msg in request.get("messages") or []:
-        if isinstance(msg, dict) and isinstance(msg.get("content"), str):
-            chars += len(msg["content"])
+        if not isinstance(msg, dict):
+            continue
+        for key in ("content", "thinking"):
+            if isinstance(msg.get(key), str):
+                chars += len(msg[key])
+        if msg.get("tool_calls"):
+            chars += len(orjson.dumps(msg["tool_calls"]))
+    if request.get("tools"):
+        chars += len(orjson.dumps(request["tools"]))
     return chars // 4
 
 

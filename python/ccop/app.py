@@ -111,7 +111,7 @@ class ProxyApp:
         request_id = "req_" + secrets.token_hex(12)
         method: str = scope["method"]
         path: str = scope["path"]
-        record = RequestRecord()
+        record = RequestRecord(request_class=_request_class(scope))
         status = 200
         head = method == "HEAD"
         cors = cors_headers(scope, self.settings.cors_origins)
@@ -175,7 +175,10 @@ class ProxyApp:
             tokens += f" out={record.output_tokens if record.output_tokens is not None else '-'}"
         model = f" model={record.model}->{record.ollama_model}" if record.model != "-" else ""
         outcome = f" ({record.outcome})" if record.outcome != "ok" else ""
-        logger.info("%s %s %s %d%s%s %.0fms%s", request_id, method, path, status, model, tokens, elapsed_ms, outcome)
+        label = f" class={record.request_class}" if record.request_class != "-" else ""
+        logger.info(
+            "%s %s %s %d%s%s%s %.0fms%s", request_id, method, path, status, label, model, tokens, elapsed_ms, outcome
+        )
 
 
 # -- handlers ------------------------------------------------------------------------------------------------------
@@ -202,11 +205,28 @@ async def _health(app: ProxyApp, scope: Scope, receive: Receive, send: Send, req
         "version": __version__,
         "pid": os.getpid(),
         "ollama": ollama,
+        # What `ccop claude` compares before reusing this proxy: the window Claude Code is told must be the one sent.
+        "settings": {
+            "ollama_url": app.settings.ollama_url,
+            "default_model": app.settings.default_model,
+            "num_ctx": app.settings.num_ctx,
+            "model_num_ctx": dict(app.settings.model_num_ctx),
+        },
         "calibration": app.calibration.snapshot(),
         # How often the models' tool calls needed repair, per kind ("unchanged": arguments arrived as an object).
         "tool_calls": dict(sorted(app.messages.tool_calls.items())),
     }
     await send_json(send, 200, body, head=scope["method"] == "HEAD")
+
+
+def _request_class(scope: Scope) -> str:
+    """Claude Code's label for the request (with CLAUDE_CODE_GATEWAY_HINT_HEADERS=1), made safe for a log line."""
+    raw = header(scope, b"x-claude-code-request-class")
+    if not raw:
+        return "-"
+    value = unquote(raw.decode("latin-1")).strip().lower()
+    # An open list: unknown labels are logged as they are, but only as a short plain word.
+    return value if value and len(value) <= 32 and all(c.isalnum() or c in "-_" for c in value) else "other"
 
 
 def _check_json_content_type(scope: Scope) -> None:

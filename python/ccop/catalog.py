@@ -59,16 +59,18 @@ class ModelInfo:
         return self.capabilities is None or "vision" in self.capabilities
 
     def num_ctx(self, configured: int | None, per_model: Mapping[str, int]) -> int | None:
-        """The window to send: per-model setting > global setting > Modelfile > default, capped at training.
+        """The window to send: per-model setting > global setting > default, capped at training.
 
-        Stable for a model as long as the configuration is: Ollama reloads a model whenever num_ctx changes.
-        None means "send nothing, let Ollama decide" (a configured 0).
+        The default is DEFAULT_NUM_CTX, the smallest window Claude Code works in, or the Modelfile's num_ctx when that
+        is larger: a Modelfile's smaller window (often a leftover from chat use) would make Claude Code compact on
+        every turn, while a larger one is the owner's choice. Stable for a model as long as the configuration is:
+        Ollama reloads a model whenever num_ctx changes. None means "send nothing, let Ollama decide" (a configured 0).
         """
         value = per_model.get(self.name)
         if value is None:
             value = configured
         if value is None:
-            value = self.modelfile_num_ctx or DEFAULT_NUM_CTX
+            value = max(self.modelfile_num_ctx or 0, DEFAULT_NUM_CTX)
         if value == 0:
             return None
         if self.context_length:

@@ -15,6 +15,7 @@ import orjson
 
 from ccop import __version__
 from ccop.diagnostics import probe
+from ccop.launch_args import LAUNCHER_HELP, LaunchUsageError, parse_launch_args
 from ccop.launcher import launch
 from ccop.settings import (
     CONFIG_FILE_NAME,
@@ -139,7 +140,8 @@ def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
         type=_non_negative_int,
         metavar="TOKENS",
         help="context window sent to Ollama for every model, capped at the model's trained length; 0 lets Ollama "
-        "decide (env CCOP_NUM_CTX; default: the Modelfile's num_ctx, else 32768)",
+        "decide (env CCOP_NUM_CTX; default 65536, the least Claude Code works well in, or the Modelfile's num_ctx "
+        "when larger)",
     )
     add(
         "--model-num-ctx",
@@ -271,7 +273,7 @@ def doctor(argv: Sequence[str]) -> int:
     settings = _settings(build_parser("ccop doctor").parse_args(argv))
     if settings is None:
         return 2
-    report = probe(settings)
+    report = probe(settings, contexts=True)
     print(f"ccop {__version__} doctor: Ollama at {settings.ollama_url}")
     for check in report.checks:
         mark = "ok  " if check.ok else ("note" if check.warning else "FAIL")
@@ -283,15 +285,21 @@ def doctor(argv: Sequence[str]) -> int:
 
 
 def claude(argv: Sequence[str]) -> int:
-    """`ccop claude [--print-env] [claude arguments…]`: Claude Code behind the proxy, configured from env and file."""
-    arguments = list(argv)
-    print_env = "--print-env" in arguments[:1]
+    """`ccop claude [launcher options] [claude arguments…]`: Claude Code behind the proxy, checked before it starts."""
     try:
-        settings = Settings.resolve({}, os.environ)
+        args = parse_launch_args(argv)
+    except LaunchUsageError as exc:
+        print(f"ccop claude: {exc} (see ccop claude --help)", file=sys.stderr)
+        return 2
+    if args.help:
+        print(LAUNCHER_HELP, end="")
+        return 0
+    try:
+        settings = Settings.resolve(args.flags, os.environ, config_path=args.config)
     except ConfigError as exc:
         print(f"ccop: {exc}", file=sys.stderr)
         return 2
-    return launch(settings, arguments[1:] if print_env else arguments, print_env=print_env)
+    return launch(settings, args)
 
 
 def _report_ollama_in_background(settings: Settings) -> None:
@@ -320,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shown = orjson.loads(settings.to_json())
         if shown["api_key"]:
             shown["api_key"] = "********"  # configured, but not for the screen
+        del shown["configured"]  # bookkeeping, not a setting
         print(orjson.dumps(shown).decode())
         return 0
     print(banner(settings), flush=True)

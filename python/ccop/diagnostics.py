@@ -5,18 +5,23 @@ Each check says what it found and, when something is wrong, the exact command or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httpx
 import orjson
 
 from ccop.catalog import ModelInfo, parse_show
-from ccop.settings import Settings
+from ccop.settings import DEFAULT_NUM_CTX, Settings
 
-__all__ = ["Check", "Report", "probe", "startup_lines"]
+__all__ = ["CLAUDE_CODE_WINDOW", "Check", "Report", "probe", "startup_lines"]
 
 # Claude Code's prompt alone is 12–25k tokens (about 1k with --bare): a smaller window cannot hold a session.
 MIN_USEFUL_CONTEXT = 16384
+# Below this window Claude Code works but compacts early and often (see DEFAULT_NUM_CTX).
+CLAUDE_CODE_WINDOW = DEFAULT_NUM_CTX
+# How many tool-capable models are asked about their context length (each is one cheap /api/show).
+_MAX_SHOWN = 40
 
 
 @dataclass
@@ -26,6 +31,8 @@ class Check:
     fix: str | None = None
     # A note that does not fail the check (e.g. num_ctx capped at the trained length).
     warning: bool = False
+    # Worth a line in `ccop doctor`, but not on every `ccop claude` start.
+    doctor_only: bool = False
 
 
 @dataclass
@@ -45,6 +52,8 @@ class Report:
     version: str | None = None
     installed: list[str] = field(default_factory=list)
     tool_models: list[str] = field(default_factory=list)
+    # Each tool-capable model's trained context length (None when Ollama does not say), for suggestions and choices.
+    tool_contexts: dict[str, int | None] = field(default_factory=dict)
     models: list[ModelReport] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
 
@@ -58,16 +67,30 @@ def _resolve_installed(name: str, installed: list[str]) -> str | None:
     return lowered.get(name.lower()) or lowered.get(f"{name.lower()}:latest")
 
 
-def _models_to_check(settings: Settings) -> list[tuple[str, str]]:
-    roles = [("default model", settings.default_model)]
+def _models_to_check(settings: Settings, also: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    roles = [("default model", settings.default_model), *also]
     roles += [(f"{alias} →", target) for alias, target in sorted(settings.model_map.items())]
     if settings.thinking_model:
         roles.append(("thinking model", settings.thinking_model))
     return roles
 
 
-def probe(settings: Settings, *, timeout: float = 5.0) -> Report:
-    """Ask Ollama about itself and every model the configuration names."""
+def _trained_length(client: httpx.Client, name: str) -> int | None:
+    try:
+        show = client.post("/api/show", content=orjson.dumps({"model": name}))
+        return parse_show(name, orjson.loads(show.content)).context_length if show.status_code == 200 else None
+    except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+def probe(
+    settings: Settings, *, timeout: float = 5.0, also: Sequence[tuple[str, str]] = (), contexts: bool = False
+) -> Report:
+    """Ask Ollama about itself and every model the configuration names (and `also`: more (role, model) pairs).
+
+    With `contexts`, also every tool-capable model's trained length, to suggest or offer models by it (one
+    `/api/show` each: for `ccop doctor` and `ccop claude`, not for the start-up summary of every worker).
+    """
     report = Report(url=settings.ollama_url)
     with httpx.Client(base_url=settings.ollama_url, timeout=timeout, trust_env=False) as client:
         try:
@@ -86,7 +109,9 @@ def probe(settings: Settings, *, timeout: float = 5.0) -> Report:
         report.tool_models = [
             str(entry.get("name")) for entry in entries if "tools" in (entry.get("capabilities") or ())
         ]
-        for role, name in _models_to_check(settings):
+        if contexts:
+            report.tool_contexts = {name: _trained_length(client, name) for name in report.tool_models[:_MAX_SHOWN]}
+        for role, name in _models_to_check(settings, also):
             resolved = _resolve_installed(name, report.installed)
             model = ModelReport(role, name, installed=resolved is not None)
             if resolved is not None:
@@ -166,22 +191,32 @@ def _judge(settings: Settings, report: Report) -> None:
                     f"{label}: the configured context {configured} exceeds the model's trained "
                     f"{info.context_length}; the proxy sends {info.context_length}",
                     warning=True,
+                    doctor_only=True,
                 )
             )
-        if model.num_ctx and model.num_ctx < MIN_USEFUL_CONTEXT:
-            trained_too_short = info.context_length is not None and info.context_length < MIN_USEFUL_CONTEXT
-            fix = (
-                "use a model trained for a longer context (32k or more)"
-                if trained_too_short
-                else "--num-ctx 32768 (or more, as your GPU memory allows)"
-            )
-            checks.append(
-                Check(
-                    False,
-                    f"{label}: a context of {model.num_ctx} tokens cannot hold Claude Code's prompt (12–25k tokens)",
-                    fix,
-                )
-            )
+        checks += _window_checks(label, model, info, report, main=model is report.models[0])
+
+
+def _window_checks(label: str, model: ModelReport, info: ModelInfo, report: Report, *, main: bool) -> list[Check]:
+    """Can Claude Code live in this model's window? Too small to hold its prompt fails; below the floor is a note."""
+    window = model.num_ctx
+    if not window or (window >= CLAUDE_CODE_WINDOW or not main) and window >= MIN_USEFUL_CONTEXT:
+        return []
+    trained = info.context_length
+    target = min(trained, CLAUDE_CODE_WINDOW) if trained else CLAUDE_CODE_WINDOW
+    fixes = [f"--num-ctx {target} (or --model-num-ctx {model.name}={target})"] if window < target else []
+    if trained is not None and trained < CLAUDE_CODE_WINDOW:
+        longer = [name for name, length in report.tool_contexts.items() if length and length >= CLAUDE_CODE_WINDOW]
+        example = f", e.g. {longer[0]}" if longer else ""
+        fixes.append(f"use a model trained for {CLAUDE_CODE_WINDOW} tokens or more{example}")
+    fix = "; or ".join(fixes)
+    if window < MIN_USEFUL_CONTEXT:
+        return [Check(False, f"{label}: a context of {window} tokens cannot hold Claude Code's prompt (12–25k)", fix)]
+    text = (
+        f"{label}: a context of {window} tokens is below the {CLAUDE_CODE_WINDOW} Claude Code needs; it compacts the "
+        f"conversation once it reaches about {max(window - 23000, 0)} tokens, so it will compact early and often"
+    )
+    return [Check(False, text, fix, warning=True)]
 
 
 def _older_than(version: str, minimum: tuple[int, ...]) -> bool:

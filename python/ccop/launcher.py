@@ -1,8 +1,9 @@
-"""`ccop claude`: run Claude Code on the local models, with the proxy started (or reused) and the environment set.
+"""`ccop claude`: run Claude Code on the local models, checked first, with the proxy started (or reused).
 
-Claude Code needs to know more than the base URL to work well behind the proxy: which model names to send, and how
-big the context window really is, so it compacts the conversation before the local window overflows instead of
-believing it has the million tokens it assumes for unknown models.
+Claude Code needs more than the base URL to work well behind the proxy: which model names to send, how big the
+context window really is (it assumes a million tokens for model names it does not know, and never compacts), and a
+permission mode that does not wait for a server-side safety check no local model provides. And it should not start
+at all when Ollama is down or the model is missing: it would retry silently for minutes.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 
-from ccop.diagnostics import probe
+from ccop.diagnostics import Report, probe
+from ccop.launch_args import LaunchArgs, permission_mode_chosen
 from ccop.settings import DEFAULT_NUM_CTX, SETTINGS_ENV, Settings
 
 __all__ = ["claude_environment", "launch", "proxy_url"]
@@ -29,6 +33,10 @@ __all__ = ["claude_environment", "launch", "proxy_url"]
 PLACEHOLDER_KEY = "ccop"
 CLAUDE_INSTALL = "npm install -g @anthropic-ai/claude-code"
 START_TIMEOUT = 30.0
+# Without a server-side safety check (no local model has one), auto mode stops the first risky action on a
+# full-screen notice, and with CLAUDE_CODE_AUTO_MODE_SERVER=0 it asks the local model to judge every action with a
+# ~140 KB prompt. acceptEdits is auto mode's nearest predictable neighbour: edits in the project run, commands ask.
+DEFAULT_PERMISSION_MODE = "acceptEdits"
 
 
 def proxy_url(settings: Settings) -> str:
@@ -47,16 +55,21 @@ def _tier(settings: Settings, family: str) -> str:
     return settings.default_model
 
 
-def context_window(settings: Settings) -> int:
-    """The num_ctx the proxy will send for the default model (asks Ollama for the trained length)."""
-    report = probe(settings, timeout=3.0)
-    if report.models and report.models[0].num_ctx:
-        return report.models[0].num_ctx
+def _roles(settings: Settings, small_model: str | None) -> dict[str, str]:
+    return {"main": settings.default_model, "fast": small_model or _tier(settings, "haiku")}
+
+
+def _window(settings: Settings, report: Report) -> int:
+    """The num_ctx the proxy will send for the main model: the same rule the proxy applies, on the same answer."""
+    main = report.models[0] if report.models else None
+    if main is not None and main.num_ctx:
+        return main.num_ctx
     return settings.model_num_ctx.get(settings.default_model) or settings.num_ctx or DEFAULT_NUM_CTX
 
 
-def claude_environment(settings: Settings, window: int) -> dict[str, str]:
+def claude_environment(settings: Settings, window: int, small_model: str | None = None) -> dict[str, str]:
     """The variables that make Claude Code use the proxy and fit its local context window."""
+    fast = _roles(settings, small_model)["fast"]
     return {
         "ANTHROPIC_BASE_URL": proxy_url(settings),
         # A bearer token does not trigger Claude Code's "use this API key?" prompt; the empty key keeps a key
@@ -66,20 +79,24 @@ def claude_environment(settings: Settings, window: int) -> dict[str, str]:
         "ANTHROPIC_MODEL": settings.default_model,
         "ANTHROPIC_DEFAULT_OPUS_MODEL": _tier(settings, "opus"),
         "ANTHROPIC_DEFAULT_SONNET_MODEL": _tier(settings, "sonnet"),
-        "ANTHROPIC_DEFAULT_HAIKU_MODEL": _tier(settings, "haiku"),
-        "ANTHROPIC_SMALL_FAST_MODEL": _tier(settings, "haiku"),
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": fast,
+        "ANTHROPIC_SMALL_FAST_MODEL": fast,
         "CLAUDE_CODE_SUBAGENT_MODEL": _tier(settings, "sonnet"),
-        # Compact before the local window overflows: Claude Code otherwise assumes 1M tokens for unknown models.
+        # The window Claude Code compacts by, and shows in /context: exactly the num_ctx the proxy sends. (Its other
+        # knob, CLAUDE_CODE_AUTO_COMPACT_WINDOW, is clamped to 100k and warns on every start, so it is not set.)
         "CLAUDE_CODE_MAX_CONTEXT_TOKENS": str(window),
-        "CLAUDE_CODE_AUTO_COMPACT_WINDOW": str(window),
-        # No calls to Anthropic's servers for telemetry, updates or feedback.
+        # Each request says what it is (main, subagent, compaction, auxiliary): the proxy logs it and fits an
+        # oversized compaction request into the window instead of failing the session.
+        "CLAUDE_CODE_GATEWAY_HINT_HEADERS": "1",
+        # No calls to Anthropic's servers for telemetry, updates or feedback; this also skips the start-up
+        # connectivity check that otherwise stops a first run at "Unable to connect to Anthropic services".
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     }
 
 
-def _is_ccop(url: str) -> bool | None:
+def _health(url: str) -> dict[str, Any] | None | bool:
+    """The health document of a ccop at `url`; False: something else answers there; None: nothing listens."""
     # /health answers without the API key, so this works whatever the proxy's key.
-    """True: a ccop answers there; False: something else does; None: nothing listens."""
     try:
         response = httpx.get(f"{url}/health", timeout=2.0, trust_env=False)
     except httpx.HTTPError:
@@ -88,7 +105,27 @@ def _is_ccop(url: str) -> bool | None:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(body, dict) and body.get("status") == "ok" and "ollama" in body
+    if isinstance(body, dict) and body.get("status") == "ok" and "ollama" in body:
+        return body
+    return False
+
+
+def _differences(settings: Settings, health: Mapping[str, Any]) -> list[str]:
+    """What a running proxy does differently from what this launch asks for, where Claude Code would notice."""
+    running = health.get("settings")
+    if not isinstance(running, dict):
+        return []
+    wanted = {
+        "Ollama URL": settings.ollama_url,
+        "num_ctx": settings.num_ctx,
+        "per-model num_ctx": dict(settings.model_num_ctx),
+    }
+    keys = {"Ollama URL": "ollama_url", "num_ctx": "num_ctx", "per-model num_ctx": "model_num_ctx"}
+    return [
+        f"{label} {running.get(keys[label])!r} instead of {value!r}"
+        for label, value in wanted.items()
+        if running.get(keys[label]) != value
+    ]
 
 
 def _start_proxy(settings: Settings) -> tuple[subprocess.Popen[bytes], Path]:
@@ -109,7 +146,7 @@ def _wait_until_up(process: subprocess.Popen[bytes], url: str, log_path: Path) -
             tail = log_path.read_text(errors="replace")[-2000:]
             print(f"ccop: the proxy exited with code {process.returncode}:\n{tail}", file=sys.stderr)
             return False
-        if _is_ccop(url):
+        if isinstance(_health(url), dict):
             return True
         time.sleep(0.1)
     print(f"ccop: the proxy did not answer at {url} within {START_TIMEOUT:g} s (log: {log_path})", file=sys.stderr)
@@ -126,38 +163,132 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def launch(settings: Settings, claude_args: list[str], *, print_env: bool = False) -> int:
-    """Run `claude` behind the proxy; returns Claude Code's exit code."""
-    environment = claude_environment(settings, context_window(settings))
-    if print_env:
+def _say(text: str) -> None:
+    print(f"ccop: {text}", file=sys.stderr, flush=True)
+
+
+def _preflight_failed(report: Report) -> bool:
+    """Print every failed check with its fix, and every note once; True when Claude Code must not start."""
+    failed = False
+    for check in report.checks:
+        if check.ok or check.doctor_only:
+            continue
+        failed = failed or not check.warning
+        _say(f"{'note' if check.warning else 'cannot start Claude Code'}: {check.text}")
+        if check.fix:
+            print(f"      fix: {check.fix}", file=sys.stderr)
+    return failed
+
+
+def _choose_model(report: Report) -> str | None:
+    """Ask, on the terminal, which installed tool-capable model to use; None when there is none or no answer."""
+    choices = sorted(report.tool_models)
+    if not choices:
+        return None
+    print("No model is configured for Claude Code. Installed models that can call tools:", file=sys.stderr)
+    for number, name in enumerate(choices, start=1):
+        trained = report.tool_contexts.get(name)
+        context = f"context {trained}" if trained else "context unknown"
+        print(f"  {number:>2}. {name}  ({context})", file=sys.stderr)
+    while True:
+        print(f"Choose a model [1-{len(choices)}] (or q to quit): ", end="", file=sys.stderr, flush=True)
+        try:
+            answer = input().strip()
+        except EOFError:
+            return None
+        if answer.lower() in ("q", "quit"):
+            return None
+        if answer.isdigit() and 1 <= int(answer) <= len(choices):
+            chosen = choices[int(answer) - 1]
+            print(f"Using {chosen}; next time: ccop claude --model {chosen}", file=sys.stderr)
+            return chosen
+
+
+def _with_model(settings: Settings, model: str) -> Settings:
+    data = orjson.loads(settings.to_json())
+    data["default_model"] = model
+    data["configured"] = [*data["configured"], "default_model"]
+    return Settings.from_json(orjson.dumps(data))
+
+
+def _check(settings: Settings, args: LaunchArgs) -> tuple[Settings, Report] | None:
+    """Run the doctor's checks (and offer a model when none is configured); None when Claude Code must not start."""
+    also = [("fast model", args.small_model)] if args.small_model else []
+    report = probe(settings, timeout=3.0, also=also, contexts=True)
+    interactive = not args.headless and sys.stdin.isatty() and sys.stderr.isatty()
+    if report.reachable and "default_model" not in settings.configured and interactive:
+        chosen = _choose_model(report)
+        if chosen is None:
+            return None
+        settings = _with_model(settings, chosen)
+        report = probe(settings, timeout=3.0, also=also, contexts=True)
+    if _preflight_failed(report) and not args.skip_checks:
+        _say("fix the above and run `ccop claude` again (`ccop doctor` shows every check; --skip-checks starts anyway)")
+        return None
+    return settings, report
+
+
+def _ensure_proxy(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str] | None:
+    """A ccop answering at the configured port: reused, or started here. None (after saying why) on failure."""
+    url = proxy_url(settings)
+    health = _health(url)
+    if health is False:
+        _say(f"something other than ccop answers at {url}; choose another port with --port")
+        return None
+    if isinstance(health, dict):
+        differences = _differences(settings, health)
+        if differences:
+            _say(
+                f"the ccop already running at {url} uses {'; '.join(differences)}; stop it, or use another port "
+                "with --port"
+            )
+            return None
+        return None, "running"
+    process, log_path = _start_proxy(settings)
+    if not _wait_until_up(process, url, log_path):
+        _stop(process)
+        return None
+    return process, f"log {log_path}"
+
+
+def _claude_arguments(args: LaunchArgs) -> list[str]:
+    if permission_mode_chosen(args.claude_args, Path.cwd()):
+        return list(args.claude_args)
+    return ["--permission-mode", DEFAULT_PERMISSION_MODE, *args.claude_args]
+
+
+def launch(settings: Settings, args: LaunchArgs) -> int:
+    """Check, start or reuse the proxy, run `claude`; returns Claude Code's exit code (1/127 when it did not run)."""
+    if args.print_env:
+        report = probe(settings, timeout=3.0)
+        environment = claude_environment(settings, _window(settings, report), args.small_model)
         for name, value in environment.items():
             print(f"export {name}={shlex.quote(value)}")
         return 0
     claude = shutil.which("claude")
     if claude is None:
-        print(
-            f"ccop: the `claude` command is not installed; install Claude Code with `{CLAUDE_INSTALL}`", file=sys.stderr
-        )
+        _say(f"the `claude` command is not installed; install Claude Code with `{CLAUDE_INSTALL}`")
         return 127
-    url = proxy_url(settings)
-    state = _is_ccop(url)
-    if state is False:
-        print(f"ccop: something other than ccop answers at {url}; choose another port with PORT=…", file=sys.stderr)
+    checked = _check(settings, args)
+    if checked is None:
         return 1
-    process = None
-    if state is None:
-        process, log_path = _start_proxy(settings)
-        if not _wait_until_up(process, url, log_path):
-            _stop(process)
-            return 1
-        print(f"ccop: proxy started at {url} (log: {log_path})", file=sys.stderr)
-    else:
-        print(f"ccop: using the proxy already running at {url}", file=sys.stderr)
+    settings, report = checked
+    started = _ensure_proxy(settings)
+    if started is None:
+        return 1
+    process, proxy_state = started
+    window = _window(settings, report)
+    environment = claude_environment(settings, window, args.small_model)
+    roles = _roles(settings, args.small_model)
+    _say(
+        f"Claude Code → {proxy_url(settings)} ({proxy_state}) · main {roles['main']} · fast {roles['fast']}"
+        f" · window {window}"
+    )
     # Ctrl-C belongs to Claude Code (it interrupts the current turn); the launcher only waits for it to exit. A
     # no-op handler rather than SIG_IGN: an ignored signal would stay ignored in Claude Code after exec.
     previous = signal.signal(signal.SIGINT, lambda _signum, _frame: None)
     try:
-        return subprocess.call([claude, *claude_args], env={**os.environ, **environment})
+        return subprocess.call([claude, *_claude_arguments(args)], env={**os.environ, **environment})
     finally:
         signal.signal(signal.SIGINT, previous)
         if process is not None:

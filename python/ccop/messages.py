@@ -18,6 +18,7 @@ from ccop._core import InvalidJsonError, StreamTranslator, count_request_tokens
 from ccop._types import Receive, Send
 from ccop.calibration import Calibration
 from ccop.catalog import ModelCatalog, ModelInfo, not_installed
+from ccop.compaction import SUMMARY_ROOM, fit_compaction
 from ccop.errors import InvalidRequest, ProxyError, UpstreamError
 from ccop.models import map_model
 from ccop.responses import send_bytes, send_json
@@ -54,6 +55,8 @@ class RequestRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
     outcome: str = "ok"
+    # Claude Code's label for the request (`x-claude-code-request-class`: main, subagent, compaction, …), or "-".
+    request_class: str = "-"
 
 
 def _parse_json(body: bytes) -> Any:
@@ -141,13 +144,7 @@ class MessagesService:
         traits = ModelTraits(
             thinks=info.thinks, takes_think_levels=info.takes_think_levels, vision=info.vision, num_ctx=num_ctx
         )
-        plan = build_chat_request(
-            request,
-            ollama_model=ollama_model,
-            traits=traits,
-            strict_thinking=self.settings.strict_thinking,
-            adaptive_thinking=self.settings.adaptive_thinking == "auto",
-        )
+        plan = self._plan(request, ollama_model, traits)
         await self._check_tools(plan, info)
         for note in plan.notes:
             logger.warning("%s %s", request_id, note)
@@ -163,8 +160,14 @@ class MessagesService:
         raw_estimate = await _count(body)
         estimate = self.calibration.apply(ollama_model, raw_estimate)
         if num_ctx is not None and estimate > num_ctx:
-            # Claude Code compacts the conversation when it reads exactly this wording.
-            raise InvalidRequest(f"prompt is too long: {estimate} tokens > {num_ctx} maximum")
+            fitted = self._fit_compaction(request, ollama_model, num_ctx, record, request_id)
+            if fitted is None:
+                # Claude Code compacts the conversation when it reads exactly this wording.
+                raise InvalidRequest(f"prompt is too long: {estimate} tokens > {num_ctx} maximum")
+            request, body = fitted
+            plan = self._plan(request, ollama_model, traits)
+            raw_estimate = await _count(body)
+            estimate = self.calibration.apply(ollama_model, raw_estimate)
         translator = StreamTranslator(
             message_id=_new_message_id(),
             model=request["model"],
@@ -182,6 +185,39 @@ class MessagesService:
             self.calibration.observe(ollama_model, raw_estimate, translator.prompt_eval_count)
             record.input_tokens = translator.prompt_eval_count
             record.output_tokens = translator.eval_count
+
+    def _plan(self, request: dict[str, Any], ollama_model: str, traits: ModelTraits) -> ChatPlan:
+        return build_chat_request(
+            request,
+            ollama_model=ollama_model,
+            traits=traits,
+            strict_thinking=self.settings.strict_thinking,
+            adaptive_thinking=self.settings.adaptive_thinking == "auto",
+        )
+
+    def _fit_compaction(
+        self, request: dict[str, Any], ollama_model: str, num_ctx: int, record: RequestRecord, request_id: str
+    ) -> tuple[dict[str, Any], bytes] | None:
+        """A compaction request that outgrew the window, shortened to fit with room for the summary; else None."""
+        if record.request_class != "compaction" or num_ctx <= SUMMARY_ROOM:
+            return None
+        budget = num_ctx - SUMMARY_ROOM
+
+        def count(candidate: bytes) -> int:
+            return self.calibration.apply(ollama_model, count_request_tokens(candidate))
+
+        shortened = fit_compaction(request, budget, count)
+        if shortened is None:
+            return None
+        logger.warning(
+            "%s compaction request over the %d-token window: %d large blocks shortened by %d characters to %d tokens",
+            request_id,
+            num_ctx,
+            shortened.blocks,
+            shortened.characters,
+            shortened.tokens,
+        )
+        return request, shortened.body
 
     def _count_tool_calls(self, translator: StreamTranslator, request_id: str) -> None:
         counts = {kind: count for kind, count in translator.heal_counts.items() if count}

@@ -33,8 +33,11 @@ __all__ = [
 ]
 
 CONFIG_FILE_NAME = "proxy.config.json"
-# Claude Code's prompt alone is 12–25k tokens; 32k leaves room for a conversation without needing a big GPU.
-DEFAULT_NUM_CTX = 32768
+# The smallest window Claude Code can live in, measured with the real CLI (2.1.330; docs/CLAUDE_CODE.md): it compacts
+# once a conversation reaches the window minus about 23k tokens (20k kept for the summary, 3k margin), and its own
+# prompt is 14–25k tokens, so 65536 leaves 18–28k for the work itself; 49152 compacts within the first turns of a
+# real project. The default window, unless the Modelfile asks for more or the model was trained for less.
+DEFAULT_NUM_CTX = 65536
 # Carries the fully resolved settings from the CLI to Granian's worker processes.
 SETTINGS_ENV = "CCOP_SETTINGS"
 
@@ -57,7 +60,7 @@ class Settings:
     strict_thinking: bool = False
     verbose: bool = False
     workers: int = 1
-    # None: not configured, so the model's Modelfile num_ctx or DEFAULT_NUM_CTX applies.
+    # None: not configured, so DEFAULT_NUM_CTX (or the Modelfile's num_ctx, when larger) applies.
     num_ctx: int | None = None
     model_num_ctx: Mapping[str, int] = field(default_factory=dict)
     thinking_model: str | None = None
@@ -77,18 +80,23 @@ class Settings:
     shutdown_grace: float = 30.0
     # Where the settings came from, for the banner and error messages; not a setting itself.
     config_path: str | None = None
+    # The settings some layer gave (flag, environment or file), as opposed to defaults: `ccop claude` offers a
+    # choice of model only when none was configured.
+    configured: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         data = dataclasses.asdict(self)
         data["model_map"] = dict(self.model_map)
         data["model_num_ctx"] = dict(self.model_num_ctx)
         data["cors_origins"] = list(self.cors_origins)
+        data["configured"] = list(self.configured)
         return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Settings:
         data = orjson.loads(raw)
         data["cors_origins"] = tuple(data.get("cors_origins", ()))
+        data["configured"] = tuple(data.get("configured", ()))
         return cls(**data)
 
     @classmethod
@@ -141,7 +149,7 @@ class Settings:
                 values[option.name] = merged
             else:
                 values[option.name] = given[0]
-        return cls(config_path=used_path, **values)
+        return cls(config_path=used_path, configured=tuple(values), **values)
 
 
 # ---------------------------------------------------------------------------------------------------------------
