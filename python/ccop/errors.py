@@ -1,10 +1,12 @@
 """Errors the proxy answers with, each mapped to Anthropic's error shape.
 
 Every error a client sees is `{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}` with an
-HTTP status, or the same object in an SSE `event: error` once a stream has begun.
+HTTP status, or the same object in an SSE `event: error` once a stream has begun. An error that a client recognises
+by code rather than by wording also carries `error.details` (`{"error_code": ...}`), as Anthropic's errors do.
 
     ProxyError                      api_error, 500
     ├── InvalidRequest              invalid_request_error, 400 (names the offending field)
+    │   └── ThreadUnsupported       a `thread` field: the proxy keeps no conversations (details.error_code)
     ├── AuthenticationFailed        authentication_error, 401
     ├── PermissionDenied            permission_error, 403
     ├── NotFound                    not_found_error, 404
@@ -33,6 +35,7 @@ __all__ = [
     "PermissionDenied",
     "ProxyError",
     "RequestTooLarge",
+    "ThreadUnsupported",
     "UpstreamError",
     "error_body",
     "error_event",
@@ -52,9 +55,12 @@ class ProxyError(Exception):
         status: int | None = None,
         error_type: str | None = None,
         headers: tuple[tuple[bytes, bytes], ...] = (),
+        details: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        # `error.details` of the body: the machine-readable part the official SDKs act on (e.g. `error_code`).
+        self.details = details
         if error_type is not None:
             self.error_type = error_type  # type: ignore[misc]
         # Extra response headers, e.g. `allow` on a 405 or `retry-after` on an overload.
@@ -66,6 +72,18 @@ class ProxyError(Exception):
 class InvalidRequest(ProxyError):
     status = 400
     error_type = "invalid_request_error"
+
+
+class ThreadUnsupported(InvalidRequest):
+    """A request with a `thread` field (the message-threads beta): the proxy keeps no conversation between requests.
+
+    The official SDKs' tool runners start every conversation with `"thread": {"type": "create"}`, and on exactly this
+    `error_code` they resend the turn, and every later one, with the full history and no `thread` (they check
+    `error.details.error_code == "thread_unsupported_request"`, nothing else).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, details={"error_code": "thread_unsupported_request"})
 
 
 class AuthenticationFailed(ProxyError):
@@ -108,8 +126,13 @@ class UpstreamError(ProxyError):
     error_type = "api_error"
 
 
-def error_body(error_type: str, message: str, request_id: str | None = None) -> bytes:
-    body: dict[str, object] = {"type": "error", "error": {"type": error_type, "message": message}}
+def error_body(
+    error_type: str, message: str, request_id: str | None = None, *, details: dict[str, object] | None = None
+) -> bytes:
+    error: dict[str, object] = {"type": error_type, "message": message}
+    if details:
+        error["details"] = details
+    body: dict[str, object] = {"type": "error", "error": error}
     if request_id:
         body["request_id"] = request_id
     return orjson.dumps(body)

@@ -60,5 +60,5 @@ async def send_json(
 
 async def send_error(send: Send, error: ProxyError, request_id: str, *, head: bool = False) -> None:
     headers = [(b"request-id", request_id.encode()), *error.headers]
-    body = error_body(error.error_type, error.message, request_id)
+    body = error_body(error.error_type, error.message, request_id, details=error.details)
     await send_bytes(send, error.status, body, headers=headers, head=head)

@@ -1,14 +1,15 @@
-"""Shape checks for Anthropic request bodies, before anything is translated.
+"""Checks of Anthropic request bodies, before anything is translated.
 
 Each failure is an `InvalidRequest` whose message names the field with a JSON-path-like location
-(`messages.2.content.0.text`), so a client author can find the problem without reading our code.
+(`messages.2.content.0.text`), so a client author can find the problem without reading our code. Beyond shapes: a
+`thread` is refused, because the proxy keeps no conversations.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ccop.errors import InvalidRequest
+from ccop.errors import InvalidRequest, ThreadUnsupported
 
 __all__ = ["validate_count_tokens_request", "validate_messages_request"]
 
@@ -183,6 +184,13 @@ def _check_common(body: object) -> dict[str, Any]:
 
 def validate_messages_request(body: object) -> dict[str, Any]:
     """Check a `/v1/messages` body; returns it typed as a dict."""
+    if isinstance(body, dict) and body.get("thread") is not None:
+        # Checked first: a thread's `continue` turn carries only the newest messages, which would fail other
+        # checks (a tool result without its call), and only this error makes the SDKs resend the full history.
+        raise ThreadUnsupported(
+            "thread: this server keeps no conversation between requests, so message threads are not supported; "
+            "send the whole conversation in `messages` without `thread`"
+        )
     checked = _check_common(body)
     if "max_tokens" not in checked:
         _missing("max_tokens")
