@@ -673,6 +673,91 @@ def _check_options(options: Json) -> str | None:
     return None
 
 
+# JSON schema types llama.cpp's json-schema-to-grammar has a rule for (its PRIMITIVE_RULES).
+_GRAMMAR_TYPES = frozenset(
+    ("boolean", "number", "integer", "string", "null", "object", "array", "value", "uuid", "char")
+    + ("decimal-part", "integral-part")
+)
+
+
+def _schema_converts(root: Json) -> bool:
+    """Whether llama.cpp's json-schema-to-grammar turns ``root`` into a grammar (its main failure conditions).
+
+    Those are: a ``$ref`` that is not ``#/…`` or points to nothing, a non-string ``format``, ``oneOf``/``anyOf`` that
+    is not an array, a pattern not anchored with ``^…$``, and a schema with neither a known ``type`` nor anything
+    else to go by (``{"description": "x"}``, ``true``). Ollama reports all of them alike.
+    """
+    refs: dict[str, Any] = {}
+
+    def resolve(node: Any) -> bool:
+        if isinstance(node, list):
+            return all(resolve(item) for item in node)
+        if not isinstance(node, dict):
+            return True
+        if "$ref" not in node:
+            return all(resolve(value) for value in node.values())
+        ref = node["$ref"]
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            return False
+        target: Any = root
+        for token in ref[2:].split("/"):
+            if not isinstance(target, dict) or token not in target:
+                return False
+            target = target[token]
+        refs[ref] = target
+        return True
+
+    seen: set[str] = set()
+
+    def visit(schema: Any) -> bool:
+        if not isinstance(schema, dict):
+            return schema is None or schema == []
+        if "format" in schema and not isinstance(schema["format"], str):
+            return False
+        kind = schema.get("type")
+        if "$ref" in schema:
+            ref = schema["$ref"]
+            if ref in seen:
+                return True
+            seen.add(ref)
+            return visit(refs.get(ref))
+        if "oneOf" in schema or "anyOf" in schema:
+            options = schema["oneOf"] if "oneOf" in schema else schema["anyOf"]
+            return isinstance(options, list) and all(visit(option) for option in options)
+        if isinstance(kind, list):
+            return all(visit({**schema, "type": option}) for option in kind)
+        if "const" in schema or "enum" in schema:
+            return True
+        if kind in (None, "object") and isinstance(schema.get("properties"), dict):
+            extra = schema.get("additionalProperties")
+            return all(visit(value) for value in schema["properties"].values()) and (
+                not isinstance(extra, dict) or visit(extra)
+            )
+        if kind in (None, "array") and ("items" in schema or "prefixItems" in schema):
+            items = schema["items"] if "items" in schema else schema["prefixItems"]
+            return all(visit(item) for item in items) if isinstance(items, list) else visit(items)
+        if kind in (None, "string") and "pattern" in schema:
+            pattern = schema["pattern"]
+            return isinstance(pattern, str) and len(pattern) >= 2 and pattern[0] == "^" and pattern[-1] == "$"
+        if not schema or kind == "object" or "allOf" in schema or "additionalProperties" in schema:
+            return True
+        return isinstance(kind, str) and kind in _GRAMMAR_TYPES
+
+    return resolve(root) and visit(root)
+
+
+def _check_format(value: Any) -> str | None:
+    """``llmServer.Completion``'s check of ``format`` (a raw JSON value), made once the model is scheduled."""
+    if value is None or value in ("", "json"):
+        return None
+    if not isinstance(value, dict):
+        raw = orjson.dumps(value).decode()
+        return f'invalid format: {_go_strconv_quote(raw)}; expected "json" or a valid JSON Schema object'
+    if not _schema_converts(value):
+        return "invalid JSON schema in format"
+    return None
+
+
 def estimate_prompt_tokens(request: Json) -> int:
     """The double's prompt size in tokens: the characters Ollama renders into the prompt, divided by 4.
 
@@ -1887,6 +1972,10 @@ class OllamaDouble:
                     f"request ({tokens} tokens) exceeds the available context size ({num_ctx} tokens), "
                     "try increasing it",
                 )
+            err = _check_format(data.get("format"))
+            if err:
+                # Completion fails before generating; the error carries no status, so streamResponse answers 500.
+                raise _ChatError(500, err)
         except _ChatError as exc:
             await self._send_json(conn, req, exc.status, {"error": exc.message})
             return

@@ -17,11 +17,16 @@ from typing import Any
 import anthropic
 import httpx
 import httpx2
+import pydantic
 import pytest
 from anthropic import beta_tool
+from hypothesis import given
+from hypothesis import strategies as st
 
+from ccop.errors import InvalidRequest
+from ccop.validation import validate_messages_request
 from conftest import ProxyProcess
-from ollama_double import OllamaDouble, Reply, tool_call
+from ollama_double import OllamaDouble, Reply, _check_format, tool_call
 
 SDK_TS = Path(__file__).parent / "sdk-ts"
 
@@ -186,3 +191,201 @@ def test_typescript_tool_runner_falls_back_to_full_history(proxy: ProxyProcess, 
     assert result["replies"][-1] == [{"type": "text", "text": "Paris: sunny in Paris."}]
     assert_full_history_reached_ollama(ollama)
     assert_thread_then_fallback([(sent["body"], sent["status"]) for sent in result["sent"]])
+
+
+# -- output_config.format: structured outputs ----------------------------------------------------------------------
+
+
+class City(pydantic.BaseModel):
+    name: str
+    population: int
+    landmarks: list[str]
+
+
+def test_python_parse_sends_the_schema_as_ollamas_format(
+    recorder: tuple[anthropic.Anthropic, Recorder], ollama: OllamaDouble
+) -> None:
+    client, record = recorder
+    ollama.enqueue(Reply(content='{"name": "Paris", "population": 2100000, "landmarks": ["Louvre"]}'))
+    message = client.messages.parse(
+        model="qwen3:8b",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Describe Paris."}],
+        output_format=City,
+    )
+    assert message.parsed_output == City(name="Paris", population=2100000, landmarks=["Louvre"])
+    (sent, _status), *_ = record.exchanges
+    schema = sent["output_config"]["format"]["schema"]
+    assert schema["properties"]["landmarks"]["type"] == "array"
+    assert ollama.chat_requests()[-1]["format"] == schema
+
+
+def test_typescript_parse(proxy: ProxyProcess, ollama: OllamaDouble) -> None:
+    ollama.enqueue(Reply(content='{"city": "Paris", "population": 2100000}'))
+    result = run_sdk_ts("parse", proxy)
+    assert result["parsed"] == {"city": "Paris", "population": 2100000}
+    assert ollama.chat_requests()[-1]["format"] == result["sent"][0]["body"]["output_config"]["format"]["schema"]
+
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+
+
+def test_effort_still_sets_the_thinking_level_beside_a_format(http: httpx.Client, ollama: OllamaDouble) -> None:
+    ollama.enqueue(Reply(thinking="hmm", content='{"answer": 4}'))
+    fields = {
+        "model": "gpt-oss:20b",
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "output_config": {"effort": "high", "format": {"type": "json_schema", "schema": SCHEMA}},
+    }
+    assert post(http, body(**fields)).status_code == 200
+    chat = ollama.chat_requests()[-1]
+    assert chat["think"] == "high"
+    assert chat["format"] == SCHEMA
+
+
+def test_a_format_streams_like_any_answer(http: httpx.Client, ollama: OllamaDouble) -> None:
+    ollama.enqueue(Reply(content='{"answer": 4}'))
+    fields = {"stream": True, "output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}}
+    with http.stream("POST", "/v1/messages", json=body(**fields)) as response:
+        assert response.status_code == 200
+        text = response.read().decode()
+    assert '"text_delta"' in text
+    assert ollama.chat_requests()[-1]["format"] == SCHEMA
+
+
+def test_the_deprecated_top_level_output_format_is_the_same(http: httpx.Client, ollama: OllamaDouble) -> None:
+    ollama.enqueue(Reply(content='{"answer": 4}'))
+    assert post(http, body(output_format={"type": "json_schema", "schema": SCHEMA})).status_code == 200
+    assert ollama.chat_requests()[-1]["format"] == SCHEMA
+
+
+def test_no_format_sends_none(http: httpx.Client, ollama: OllamaDouble) -> None:
+    ollama.enqueue(Reply(content="ok"), Reply(content="ok"))
+    assert post(http, body(output_config={"effort": "low"})).status_code == 200
+    assert post(http, body(output_config={"format": None})).status_code == 200
+    assert all("format" not in chat for chat in ollama.chat_requests())
+
+
+def fmt(schema: Any) -> dict[str, Any]:
+    return {"output_config": {"format": {"type": "json_schema", "schema": schema}}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "needles"),
+    [
+        ({"output_config": "json"}, ["output_config: expected an object, got string"]),
+        ({"output_config": {"format": "json"}}, ["output_config.format: expected an object"]),
+        ({"output_config": {"format": {"type": "json"}}}, ["output_config.format.type", "'json_schema'", "'json'"]),
+        ({"output_config": {"format": {"type": "json_schema"}}}, ["output_config.format.schema: field required"]),
+        (fmt([{"type": "object"}]), ["output_config.format.schema: expected a JSON Schema object, got array"]),
+        (
+            {"output_format": {"type": "json_schema", "schema": SCHEMA}, **fmt(SCHEMA)},
+            ["output_format", "send only `output_config.format`"],
+        ),
+        (fmt({"$ref": "https://example.com/city.json"}), ["output_config.format.schema.$ref", "is not supported"]),
+        (
+            fmt({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}),
+            ["output_config.format.schema.properties.a.$ref", "points to nothing", "'$defs' not found"],
+        ),
+        (
+            fmt({"type": "object", "properties": {"a": {"description": "anything"}}}),
+            ["output_config.format.schema.properties.a: Ollama cannot use", "give it a `type`"],
+        ),
+        (fmt({"type": "object", "properties": {"a": True}}), ["properties.a", "expected a schema object, got boolean"]),
+        (fmt({"type": "dict"}), ["output_config.format.schema.type", "unknown type 'dict'"]),
+        (fmt({"type": "string", "pattern": "[a-z]+"}), ["schema.pattern", "must start with '^' and end with '$'"]),
+        (fmt({"type": "string", "pattern": "^a]$"}), ["schema.pattern", "unbalanced ']'"]),
+        (fmt({"type": "string", "pattern": "^*a$"}), ["schema.pattern", "nothing to repeat before '*'"]),
+        (fmt({"type": "string", "pattern": "^a{x}$"}), ["schema.pattern", "invalid number in curly brackets"]),
+        (fmt({"type": "string", "format": 5}), ["output_config.format.schema.format: expected a string, got number"]),
+        (fmt({"type": "array", "items": {"type": "string"}, "minItems": "1"}), ["schema.minItems: expected a number"]),
+        (fmt({"anyOf": {"type": "string"}}), ["output_config.format.schema.anyOf: expected an array of schemas"]),
+        (
+            fmt({"allOf": [{"$ref": "#/$defs/A"}], "$defs": {"A": {"$ref": "#/$defs/A"}}}),
+            ["refers back to itself"],
+        ),
+    ],
+)
+def test_formats_ollama_cannot_take_are_400(
+    http: httpx.Client, ollama: OllamaDouble, fields: dict[str, Any], needles: list[str]
+) -> None:
+    assert_invalid(post(http, body(**fields)), *needles)
+    assert not ollama.chat_requests()
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        # What the Python SDK generates for nested models: local references, a recursive one included.
+        {
+            "type": "object",
+            "properties": {"root": {"$ref": "#/$defs/Node"}},
+            "$defs": {
+                "Node": {
+                    "type": "object",
+                    "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}},
+                    "additionalProperties": False,
+                }
+            },
+        },
+        {"type": "object", "properties": {"tag": {"enum": ["a", "b"]}, "n": {"type": ["integer", "null"]}}},
+        {"type": "object", "properties": {"when": {"type": "string", "format": "date-time"}}},
+        {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}\\d{3}(-[a-z]+)?$"}}},
+        {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 10}}},
+        {"allOf": [{"properties": {"a": {"type": "string"}}}, {"anyOf": [{"properties": {"b": {"type": "number"}}}]}]},
+        {},
+    ],
+)
+def test_schemas_ollama_takes_pass(http: httpx.Client, ollama: OllamaDouble, schema: dict[str, Any]) -> None:
+    ollama.enqueue(Reply(content="{}"))
+    assert post(http, body(**fmt(schema))).status_code == 200, schema
+    assert ollama.chat_requests()[-1]["format"] == schema
+
+
+def test_the_double_checks_format_like_ollama(ollama: OllamaDouble) -> None:
+    """Straight to the double: Ollama checks `format` when the model runs, and answers 500 (no status of its own)."""
+    chat = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    with httpx.Client(base_url=ollama.url, trust_env=False, timeout=10) as session:
+        wrong = session.post("/api/chat", json={**chat, "format": "xml"})
+        assert wrong.status_code == 500
+        assert wrong.json() == {"error": 'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object'}
+        ollama.enqueue(Reply(content="{}"))
+        any_object = session.post("/api/chat", json={**chat, "format": {"type": "object", "properties": {"a": {}}}})
+        assert any_object.status_code == 200  # `{}` is "any object" to the converter
+        unknown = session.post("/api/chat", json={**chat, "format": {"description": "no type"}})
+        assert (unknown.status_code, unknown.json()) == (500, {"error": "invalid JSON schema in format"})
+        for accepted in ("json", "", None, SCHEMA):
+            ollama.enqueue(Reply(content="{}"))
+            assert session.post("/api/chat", json={**chat, "format": accepted}).status_code == 200, accepted
+
+
+# Schema-shaped values, some valid and many not, to hold the proxy's check against the double's (Ollama's) one.
+_names = st.sampled_from(["a", "b", "$defs", "A", "type", "items"])
+_schema = st.recursive(
+    st.one_of(
+        st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "object", "array", "bogus", "null"])}),
+        st.fixed_dictionaries({"$ref": st.sampled_from(["#/$defs/A", "#/nope", "x.json", "#/$defs"])}),
+        st.fixed_dictionaries({"type": st.just("string"), "pattern": st.sampled_from(["^a$", "a", "^[a$", "^a]$"])}),
+        st.fixed_dictionaries({"description": st.just("d")}),
+        st.just({}),
+        st.booleans(),
+    ),
+    lambda inner: st.one_of(
+        st.fixed_dictionaries({"type": st.just("object"), "properties": st.dictionaries(_names, inner, max_size=3)}),
+        st.fixed_dictionaries({"type": st.just("array"), "items": inner}),
+        st.fixed_dictionaries({"anyOf": st.lists(inner, max_size=3)}),
+        st.fixed_dictionaries({"type": st.just("object"), "$defs": st.fixed_dictionaries({"A": inner})}),
+    ),
+    max_leaves=8,
+)
+
+
+@given(schema=_schema)
+def test_every_schema_the_proxy_accepts_ollama_takes(schema: Any) -> None:
+    request = body(**fmt(schema))
+    try:
+        validate_messages_request(request)
+    except InvalidRequest as error:
+        assert error.status == 400
+        return
+    assert _check_format(schema) is None, schema

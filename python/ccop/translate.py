@@ -270,6 +270,13 @@ def _tools(body: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
     return tools
 
 
+def _output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema of a structured-output request (validated), under its current or its deprecated name."""
+    config = body.get("output_config") or {}
+    output_format = config.get("format") or body.get("output_format")
+    return output_format["schema"] if output_format else None
+
+
 def _tool_choice_instruction(choice: dict[str, Any] | None) -> str:
     if not choice:
         return ""
@@ -376,6 +383,10 @@ def build_chat_request(
         tools = _tools(body, notes)
         if tools:
             request["tools"] = tools
+    schema = _output_schema(body)
+    if schema is not None:
+        # Ollama constrains the answer to the schema with a grammar (for a thinking model, once thinking is done).
+        request["format"] = schema
 
     return ChatPlan(
         body=request,

@@ -2,11 +2,13 @@
 
 Each failure is an `InvalidRequest` whose message names the field with a JSON-path-like location
 (`messages.2.content.0.text`), so a client author can find the problem without reading our code. Beyond shapes: a
-`thread` is refused, because the proxy keeps no conversations.
+`thread` is refused (the proxy keeps no conversations), and a structured-output schema must be one Ollama can turn
+into a grammar.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ccop.errors import InvalidRequest, ThreadUnsupported
@@ -182,6 +184,295 @@ def _check_common(body: object) -> dict[str, Any]:
     return body
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Structured outputs: the JSON schema that becomes Ollama's `format`
+# --------------------------------------------------------------------------------------------------------------------
+#
+# Ollama turns a `format` schema into a sampling grammar with llama.cpp's json-schema-to-grammar
+# (common/json-schema-to-grammar.cpp, vendored by Ollama). A schema the converter rejects fails only once the model
+# runs: a 500 "invalid JSON schema in format", or an error in the middle of a stream, and a few malformed patterns make
+# the converter loop forever. `_FormatSchema` walks the schema the way the converter does and stops at the first of
+# its failure conditions, so the client gets a 400 naming the part of the schema instead.
+
+# Types the converter has a rule for (PRIMITIVE_RULES); any other `type` is "Unrecognized schema".
+_GRAMMAR_TYPES = frozenset(
+    ("boolean", "number", "integer", "string", "null", "object", "array", "value", "uuid", "char")
+    + ("decimal-part", "integral-part")
+)
+# String formats with a rule of their own; these take precedence over `minLength` / `maxLength`.
+_GRAMMAR_FORMATS = re.compile(r"uuid[1-5]?|date|time|date-time")
+# Pattern characters that are never part of a literal (NON_LITERAL_SET).
+_PATTERN_SYNTAX = frozenset("|.()[]{}*+?")
+_INT_BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+_C_INT = re.compile(r"\s*([+-]?\d+)")
+
+
+def _is_c_int(text: str) -> bool:
+    """Whether C++ `std::stoi` reads an int from `text` (leading digits, in range) rather than throwing."""
+    match = _C_INT.match(text)
+    return match is not None and -(2**31) <= int(match.group(1)) < 2**31
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    """Why the converter's regex reader (`_visit_pattern`) rejects or hangs on `pattern`, or None."""
+    if not (pattern.startswith("^") and pattern.endswith("$")) or len(pattern) < 2:
+        return "a pattern must start with '^' and end with '$'"
+    body = pattern[1:-1]
+    length = len(body)
+    i = 0
+    items = [0]  # items read so far at each nesting level: a quantifier needs something before it
+    while i < length:
+        char = body[i]
+        if char == "(":
+            items.append(0)
+            i += 1
+            continue
+        if char == ")":
+            if len(items) == 1:
+                return None  # the converter stops reading at an unmatched ')'
+            items.pop()
+            i += 1
+        elif char == "[":
+            i += 1
+            while i < length and body[i] != "]":
+                i += 2 if body[i] == "\\" else 1
+            if i >= length:
+                return "unbalanced square brackets"
+            i += 1
+        elif char == "{":
+            end = body.find("}", i)
+            if end < 0:
+                return "unbalanced curly brackets"
+            numbers = body[i + 1 : end].split(",")
+            if len(numbers) > 2:
+                return "wrong number of values in curly brackets"
+            if not _is_c_int(numbers[0]) and (len(numbers) == 1 or numbers[0]):
+                return "invalid number in curly brackets"
+            if len(numbers) == 2 and numbers[1] and not _is_c_int(numbers[1]):
+                return "invalid number in curly brackets"
+            if not items[-1]:
+                return "nothing to repeat before '{'"
+            i = end + 1
+            continue
+        elif char in "*+?":
+            if not items[-1]:
+                return f"nothing to repeat before {char!r}"
+            i += 1
+            continue
+        elif char in ".|":
+            i += 1
+        elif char in "]}":
+            # The converter finds no literal here and never advances: it loops forever.
+            return f"unbalanced {char!r}"
+        else:
+            i += 2 if char == "\\" else 1
+            while i < length and (body[i] == "\\" or body[i] not in _PATTERN_SYNTAX):
+                i += 2 if body[i] == "\\" else 1
+        items[-1] += 1
+    return None
+
+
+class _FormatSchema:
+    """One walk over a `format` schema, mirroring the converter's `resolve_refs` and `visit`."""
+
+    def __init__(self, root: dict[str, Any], where: str) -> None:
+        self.root = root
+        self.where = where
+        # Each reference is converted once, which is also what lets recursive schemas through.
+        self.visited: set[str] = set()
+
+    def fail(self, path: str, reason: str) -> InvalidRequest:
+        return InvalidRequest(f"{path}: Ollama cannot use this JSON schema as an output format: {reason}")
+
+    def check(self) -> None:
+        try:
+            self.check_refs(self.root, self.where)
+            self.visit(self.root, self.where)
+        except RecursionError:
+            # orjson lets a body nest 1024 levels deep, more than this walk's Python stack allows.
+            raise InvalidRequest(f"{self.where}: the schema is nested too deeply") from None
+
+    def target(self, ref: str) -> tuple[Any, str]:
+        """The schema a checked `#/…` reference points to, and its path."""
+        node: Any = self.root
+        for token in ref[2:].split("/"):
+            node = node[token]
+        return node, self.where + "".join(f".{token}" for token in ref[2:].split("/"))
+
+    def check_refs(self, node: object, path: str) -> None:
+        """Every `$ref` is a string pointing into the schema itself (the converter cannot fetch anything)."""
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                self.check_refs(item, f"{path}.{index}")
+            return
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            if key != "$ref":
+                # Also beside a `$ref`, where the converter does not look: a reference that resolves nowhere is a
+                # mistake wherever it is, and the walk below may still reach it through another reference.
+                self.check_refs(value, f"{path}.{key}")
+        if "$ref" not in node:
+            return
+        ref = node["$ref"]
+        if not isinstance(ref, str):
+            raise _fail(f"{path}.$ref", "a string", ref)
+        if not ref.startswith("#/"):
+            raise self.fail(
+                f"{path}.$ref",
+                f"{ref!r} is not supported; only references into the schema itself, such as "
+                "'#/$defs/Name', can be resolved",
+            )
+        node = self.root
+        for token in ref[2:].split("/"):
+            if not isinstance(node, dict) or token not in node:
+                raise self.fail(f"{path}.$ref", f"{ref!r} points to nothing in the schema ({token!r} not found)")
+            node = node[token]
+
+    def count(self, schema: dict[str, Any], key: str, path: str) -> None:
+        """The converter reads these keywords as C++ ints: a number (or boolean) is required."""
+        value = schema[key]
+        if value is None or not isinstance(value, (int, float)):
+            raise _fail(f"{path}.{key}", "a number", value)
+
+    def visit(self, schema: object, path: str) -> None:
+        if not isinstance(schema, dict):
+            # An empty value means "any object" to the converter; anything else (`true`, a string) has no rule.
+            if schema is None or schema == []:
+                return
+            raise self.fail(path, f"expected a schema object, got {_type_name(schema)}")
+        if "format" in schema and not isinstance(schema["format"], str):
+            raise _fail(f"{path}.format", "a string", schema["format"])
+        kind = schema.get("type")
+        string_like = kind is None or kind == "string"
+        object_like = kind is None or kind == "object"
+        if "$ref" in schema:
+            ref = schema["$ref"]
+            if ref not in self.visited:
+                self.visited.add(ref)
+                self.visit(*self.target(ref))
+        elif "oneOf" in schema or "anyOf" in schema:
+            key = "oneOf" if "oneOf" in schema else "anyOf"
+            self.visit_all(schema[key], f"{path}.{key}")
+        elif isinstance(kind, list):
+            for option in kind:
+                self.visit({**schema, "type": option}, path)
+        elif "const" in schema or "enum" in schema:
+            return
+        elif object_like and ("properties" in schema or schema.get("additionalProperties", True) is not True):
+            properties = schema.get("properties", {})
+            if not isinstance(properties, dict):
+                raise _fail(f"{path}.properties", "an object", properties)
+            for name, value in properties.items():
+                self.visit(value, f"{path}.properties.{name}")
+            if isinstance(schema.get("additionalProperties"), dict):
+                self.visit(schema["additionalProperties"], f"{path}.additionalProperties")
+        elif object_like and "allOf" in schema:
+            parts = schema["allOf"]
+            if not isinstance(parts, list):
+                raise _fail(f"{path}.allOf", "an array of schemas", parts)
+            for index, part in enumerate(parts):
+                where = f"{path}.allOf.{index}"
+                if isinstance(part, dict) and "anyOf" in part:
+                    if not isinstance(part["anyOf"], list):
+                        raise _fail(f"{where}.anyOf", "an array of schemas", part["anyOf"])
+                    for option, component in enumerate(part["anyOf"]):
+                        self.all_of_component(component, f"{where}.anyOf.{option}", set())
+                else:
+                    self.all_of_component(part, where, set())
+        elif (kind is None or kind == "array") and ("items" in schema or "prefixItems" in schema):
+            key = "items" if "items" in schema else "prefixItems"
+            if isinstance(schema[key], list):
+                self.visit_all(schema[key], f"{path}.{key}")
+            else:
+                self.visit(schema[key], f"{path}.{key}")
+                if "minItems" in schema:
+                    self.count(schema, "minItems", path)
+        elif string_like and "pattern" in schema:
+            pattern = schema["pattern"]
+            if not isinstance(pattern, str):
+                raise _fail(f"{path}.pattern", "a string", pattern)
+            problem = _pattern_problem(pattern)
+            if problem:
+                raise self.fail(f"{path}.pattern", problem)
+        elif string_like and _GRAMMAR_FORMATS.fullmatch(schema.get("format", "")):
+            return
+        elif kind == "string" and ("minLength" in schema or "maxLength" in schema):
+            for key in ("minLength", "maxLength"):
+                if key in schema:
+                    self.count(schema, key, path)
+        elif kind == "integer" and any(key in schema for key in _INT_BOUNDS):
+            for pair in (_INT_BOUNDS[:2], _INT_BOUNDS[2:]):
+                used = next((key for key in pair if key in schema), None)
+                if used:
+                    self.count(schema, used, path)
+        elif schema and kind != "object" and not (isinstance(kind, str) and kind in _GRAMMAR_TYPES):
+            if kind is None:
+                raise self.fail(
+                    path,
+                    "it says nothing the model can produce; give it a `type` (or `properties`, `items`, "
+                    "`anyOf`, `enum`, `const`, `$ref`)",
+                )
+            raise self.fail(
+                f"{path}.type", f"unknown type {kind!r}; use object, array, string, number, integer, boolean or null"
+            )
+
+    def visit_all(self, schemas: object, path: str) -> None:
+        if not isinstance(schemas, list):
+            raise _fail(path, "an array of schemas", schemas)
+        for index, schema in enumerate(schemas):
+            self.visit(schema, f"{path}.{index}")
+
+    def all_of_component(self, component: object, path: str, seen: set[str]) -> None:
+        """An `allOf` part contributes its properties; a reference is followed to the schema it names."""
+        if not isinstance(component, dict):
+            return
+        if "$ref" in component:
+            ref = component["$ref"]
+            if ref in seen:
+                # The converter follows these without remembering where it has been, and never returns.
+                raise self.fail(f"{path}.$ref", f"{ref!r} refers back to itself through `allOf`")
+            self.all_of_component(self.target(ref)[0], self.target(ref)[1], seen | {ref})
+        elif "properties" in component:
+            properties = component["properties"]
+            if not isinstance(properties, dict):
+                raise _fail(f"{path}.properties", "an object", properties)
+            for name, value in properties.items():
+                self.visit(value, f"{path}.properties.{name}")
+
+
+def _check_output_format(body: dict[str, Any]) -> None:
+    """`output_config.format` (or its older top-level name `output_format`) is a JSON schema Ollama can take."""
+    config = body.get("output_config")
+    if config is not None and not isinstance(config, dict):
+        raise _fail("output_config", "an object", config)
+    in_config = config.get("format") if config else None
+    legacy = body.get("output_format")
+    if in_config is not None and legacy is not None:
+        raise InvalidRequest(
+            "output_format: both `output_format` and `output_config.format` were given; send only "
+            "`output_config.format` (`output_format` is its deprecated name)"
+        )
+    where = "output_config.format" if in_config is not None else "output_format"
+    output_format = in_config if in_config is not None else legacy
+    if output_format is None:
+        return
+    if not isinstance(output_format, dict):
+        raise _fail(where, 'an object such as {"type": "json_schema", "schema": {…}}', output_format)
+    kind = _require_str(output_format, "type", f"{where}.")
+    if kind != "json_schema":
+        raise InvalidRequest(
+            f"{where}.type: expected 'json_schema', got {kind!r}; structured outputs take a JSON schema: "
+            '{"type": "json_schema", "schema": {…}}'
+        )
+    schema = output_format.get("schema")
+    if not isinstance(schema, dict):
+        if "schema" not in output_format:
+            _missing(f"{where}.schema")
+        raise _fail(f"{where}.schema", "a JSON Schema object", schema)
+    _FormatSchema(schema, f"{where}.schema").check()
+
+
 def validate_messages_request(body: object) -> dict[str, Any]:
     """Check a `/v1/messages` body; returns it typed as a dict."""
     if isinstance(body, dict) and body.get("thread") is not None:
@@ -207,6 +498,7 @@ def validate_messages_request(body: object) -> dict[str, Any]:
     if stop is not None:
         if not isinstance(stop, list) or not all(isinstance(item, str) and item for item in stop):
             raise _fail("stop_sequences", "an array of non-empty strings", stop)
+    _check_output_format(checked)
     return checked
 
 

@@ -2,6 +2,7 @@
 // Prints one JSON object: what the scenario produced and every request body the SDK sent, with its status.
 import Anthropic from '@anthropic-ai/sdk';
 import { betaTool } from '@anthropic-ai/sdk/helpers/beta/json-schema';
+import { jsonSchemaOutputFormat } from '@anthropic-ai/sdk/helpers/json-schema';
 
 const [scenario, baseURL] = process.argv.slice(2);
 const sent = [];
@@ -35,6 +36,23 @@ const scenarios = {
     const replies = [];
     for await (const message of runner) replies.push(message.content);
     return { replies };
+  },
+  // Structured outputs: `output_config.format` from a JSON schema, parsed by the SDK.
+  async parse() {
+    const message = await client.messages.parse({
+      model: 'qwen3:8b',
+      max_tokens: 200,
+      messages: [{ role: 'user', content: 'Describe Paris.' }],
+      output_config: {
+        format: jsonSchemaOutputFormat({
+          type: 'object',
+          properties: { city: { type: 'string' }, population: { type: 'integer' } },
+          required: ['city', 'population'],
+          additionalProperties: false,
+        }),
+      },
+    });
+    return { parsed: message.parsed_output };
   },
 };
 
