@@ -389,3 +389,65 @@ def test_every_schema_the_proxy_accepts_ollama_takes(schema: Any) -> None:
         assert error.status == 400
         return
     assert _check_format(schema) is None, schema
+
+
+# -- tool results without their tool use ---------------------------------------------------------------------------
+
+
+def call(tool_id: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"type": "tool_use", "id": tool_id, "name": "Read", "input": {}}]}
+
+
+def result(tool_id: str, **extra: Any) -> dict[str, Any]:
+    return {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_id, "content": "x"}], **extra}
+
+
+USER = {"role": "user", "content": "go"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "where", "tool_id"),
+    [
+        ([result("toolu_ghost")], "messages.0.content.0", "toolu_ghost"),
+        ([USER, call("toolu_a"), result("toolu_b")], "messages.2.content.0", "toolu_b"),
+        # Anthropic pairs a result with the assistant message just before it, not with any earlier one.
+        (
+            [USER, call("toolu_a"), result("toolu_a"), call("toolu_b"), result("toolu_a")],
+            "messages.4.content.0",
+            "toolu_a",
+        ),
+    ],
+)
+def test_a_tool_result_without_its_tool_use_is_400(
+    http: httpx.Client, ollama: OllamaDouble, messages: list[dict[str, Any]], where: str, tool_id: str
+) -> None:
+    message = assert_invalid(post(http, body(messages=messages)))
+    assert message == (
+        f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: {tool_id}. Each `tool_result` block must "
+        "have a corresponding `tool_use` block in the previous message."
+    )
+    assert not ollama.chat_requests()
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        # Claude Code puts `role: "system"` messages between turns.
+        [USER, call("toolu_a"), {"role": "system", "content": "deferred tools: NotebookEdit"}, result("toolu_a")],
+        # Consecutive messages of one role are one turn, as on Anthropic's side.
+        [USER, call("toolu_a"), {"role": "assistant", "content": "and"}, result("toolu_a")],
+        [USER, call("toolu_a"), {"role": "user", "content": "wait"}, result("toolu_a")],
+        [USER, call("toolu_a"), result("toolu_a"), {"role": "user", "content": "more"}],
+    ],
+)
+def test_tool_results_paired_across_system_messages_and_merged_turns_pass(
+    http: httpx.Client, ollama: OllamaDouble, messages: list[dict[str, Any]]
+) -> None:
+    ollama.enqueue(Reply(content="ok"))
+    assert post(http, body(messages=messages)).status_code == 200
+
+
+def test_count_tokens_counts_an_unpaired_tool_result(http: httpx.Client) -> None:
+    """A count is an estimate: Claude Code's /context counts parts of a conversation, which need not pair up."""
+    counted = http.post("/v1/messages/count_tokens", json={"model": "m", "messages": [result("toolu_ghost")]})
+    assert counted.status_code == 200

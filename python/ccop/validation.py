@@ -2,8 +2,8 @@
 
 Each failure is an `InvalidRequest` whose message names the field with a JSON-path-like location
 (`messages.2.content.0.text`), so a client author can find the problem without reading our code. Beyond shapes: a
-`thread` is refused (the proxy keeps no conversations), and a structured-output schema must be one Ollama can turn
-into a grammar.
+`thread` is refused (the proxy keeps no conversations), a structured-output schema must be one Ollama can turn into
+a grammar, and every tool result must answer a call of the assistant turn before it.
 """
 
 from __future__ import annotations
@@ -182,6 +182,36 @@ def _check_common(body: object) -> dict[str, Any]:
         if "budget_tokens" in thinking:
             _check_int(thinking["budget_tokens"], "thinking.budget_tokens", minimum=0)
     return body
+
+
+def _check_tool_results(messages: list[dict[str, Any]]) -> None:
+    """Every `tool_result` answers a `tool_use` of the assistant turn just before it, as Anthropic requires.
+
+    Ollama does not check this, and a model shown a result for a call it never made gets confused; Anthropic answers
+    the same 400 with this wording. Consecutive messages of one role are one turn (Anthropic merges them), and
+    `role: "system"` messages, which Claude Code places between turns, belong to neither side.
+    """
+    turn_ids: set[str] = set()
+    previous_role = None
+    for index, message in enumerate(messages):
+        role = message["role"]
+        if role == "system":
+            continue
+        content = message["content"]
+        if role == "assistant":
+            if previous_role != "assistant":
+                turn_ids = set()
+            if isinstance(content, list):
+                turn_ids.update(block["id"] for block in content if block["type"] == "tool_use")
+        elif isinstance(content, list):
+            for block_index, block in enumerate(content):
+                if block["type"] == "tool_result" and block["tool_use_id"] not in turn_ids:
+                    raise InvalidRequest(
+                        f"messages.{index}.content.{block_index}: unexpected `tool_use_id` found in `tool_result` "
+                        f"blocks: {block['tool_use_id']}. Each `tool_result` block must have a corresponding "
+                        "`tool_use` block in the previous message."
+                    )
+        previous_role = role
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -499,6 +529,7 @@ def validate_messages_request(body: object) -> dict[str, Any]:
         if not isinstance(stop, list) or not all(isinstance(item, str) and item for item in stop):
             raise _fail("stop_sequences", "an array of non-empty strings", stop)
     _check_output_format(checked)
+    _check_tool_results(checked["messages"])
     return checked
 
 
