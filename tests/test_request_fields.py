@@ -24,6 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ccop.errors import InvalidRequest
+from ccop.translate import ModelTraits, build_chat_request
 from ccop.validation import validate_messages_request
 from conftest import ProxyProcess
 from ollama_double import OllamaDouble, Reply, _check_format, tool_call
@@ -451,3 +452,57 @@ def test_count_tokens_counts_an_unpaired_tool_result(http: httpx.Client) -> None
     """A count is an estimate: Claude Code's /context counts parts of a conversation, which need not pair up."""
     counted = http.post("/v1/messages/count_tokens", json={"model": "m", "messages": [result("toolu_ghost")]})
     assert counted.status_code == 200
+
+
+# -- any mix of these fields is translated or a clean 400 ----------------------------------------------------------
+
+_anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "thread": _anything,
+        "output_config": _anything
+        | st.fixed_dictionaries(
+            {
+                "effort": _anything,
+                "format": _anything
+                | st.fixed_dictionaries({"type": st.just("json_schema"), "schema": _schema | _anything}),
+            }
+        ),
+        "output_format": _anything,
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["Read", "Later"])},
+                optional={"input_schema": st.just({"type": "object"}), "defer_loading": _anything, "type": _anything},
+            ),
+            max_size=3,
+        ),
+    },
+)
+_reference = st.fixed_dictionaries({"type": st.just("tool_reference"), "tool_name": _anything})
+
+
+@given(fields=_fields, reference=_reference, tool_id=st.sampled_from(["t1", "t2"]))
+def test_any_mix_of_these_fields_is_translated_or_a_clean_400(
+    fields: dict[str, Any], reference: dict[str, Any], tool_id: str
+) -> None:
+    messages = [
+        USER,
+        call("t1"),
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_id, "content": [reference]}]},
+    ]
+    try:
+        checked = validate_messages_request(body(messages=messages, **fields))
+        plan = build_chat_request(checked, ollama_model="m", traits=ModelTraits(thinks=True), strict_thinking=False)
+    except InvalidRequest as error:
+        assert error.status == 400
+        assert error.message
+        return
+    assert all(
+        tool["function"]["name"] in {t["name"] for t in plan.offered_tools} for tool in plan.body.get("tools", [])
+    )
+    assert "format" not in plan.body or isinstance(plan.body["format"], dict)

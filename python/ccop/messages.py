@@ -176,7 +176,7 @@ class MessagesService:
             stop_sequences=plan.stop_sequences,
             emit_sse=plan.stream,
             # Only tools the model was told about: they enable schema repair and recovering calls written as text.
-            tools=orjson.dumps(request["tools"]) if "tools" in plan.body else None,
+            tools=orjson.dumps(plan.offered_tools) if plan.offered_tools else None,
         )
         try:
             await self._run(plan, translator, receive, send, request_id, record)

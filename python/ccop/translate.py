@@ -55,6 +55,9 @@ class ChatPlan:
     thinking_requested: bool
     thinking_sent: bool
     notes: list[str] = field(default_factory=list)
+    # The Anthropic definitions of the tools sent to Ollama (the model knows exactly these): they decide which calls
+    # the answer's schema repair and text-call recovery act on.
+    offered_tools: list[dict[str, Any]] = field(default_factory=list)
 
 
 def strip_billing_header(text: str) -> str:
@@ -107,6 +110,10 @@ def _other_block_text(block: dict[str, Any], notes: list[str]) -> str:
     kind = block.get("type")
     if kind == "document":
         return _document_text(block, notes)
+    if kind == "tool_reference" and isinstance(block.get("tool_name"), str):
+        # A client-side tool search's answer (Claude Code's ToolSearch): the named deferred tool is now loaded, and
+        # its definition is among the tools sent to Ollama (see `_loaded_tools`).
+        return f"[tool {block['tool_name']} is loaded and can be called now]"
     if kind == "search_result":
         texts = [b.get("text", "") for b in block.get("content", []) if isinstance(b, dict)]
         title = block.get("title", "")
@@ -255,19 +262,51 @@ def _translate_system_message(message: dict[str, Any]) -> dict[str, Any] | None:
     return {"role": "user", "content": text}
 
 
-def _tools(body: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
-    tools: list[dict[str, Any]] = []
-    for tool in body.get("tools") or []:
-        schema = tool.get("input_schema")
-        if schema is None:
+def _loaded_tools(messages: list[dict[str, Any]]) -> set[str]:
+    """The deferred tools a client-side tool search has loaded: names of `tool_reference` blocks in tool results."""
+    loaded: set[str] = set()
+    for message in messages:
+        content = message["content"]
+        if message["role"] != "user" or isinstance(content, str):
+            continue
+        for block in content:
+            inner = block.get("content") if block["type"] == "tool_result" else None
+            if isinstance(inner, list):
+                loaded.update(
+                    ref["tool_name"]
+                    for ref in inner
+                    if ref.get("type") == "tool_reference" and isinstance(ref.get("tool_name"), str)
+                )
+    return loaded
+
+
+def _offered_tools(body: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
+    """The request's tools the model is told about, as the request defines them.
+
+    A tool with `defer_loading: true` stays hidden until a tool search loads it, as on Anthropic's side: Claude Code
+    offers `ToolSearch` plus a `DeferredToolPlaceholder` ("never call this tool") and adds each deferred tool once its
+    ToolSearch result (`tool_reference` blocks) names it, so the placeholder never reaches the model. Anthropic's own
+    tool search (`tool_search_tool_*` server tools) cannot run here, so with one of those every deferred tool is
+    offered instead of none.
+    """
+    tools = body.get("tools") or []
+    server_search = any(str(tool.get("type", "")).startswith("tool_search_tool_") for tool in tools)
+    loaded = None if server_search else _loaded_tools(body["messages"])
+    offered: list[dict[str, Any]] = []
+    for tool in tools:
+        if tool.get("input_schema") is None:
             # Server tools (web_search_…, code_execution_…) run on Anthropic's side and have no schema to offer.
             notes.append(f"server tool {tool['name']!r} left out (no input_schema)")
-            continue
-        function: dict[str, Any] = {"name": tool["name"], "parameters": schema}
-        if tool.get("description"):
-            function["description"] = tool["description"]
-        tools.append({"type": "function", "function": function})
-    return tools
+        elif tool.get("defer_loading") is not True or loaded is None or tool["name"] in loaded:
+            offered.append(tool)
+    return offered
+
+
+def _ollama_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}
 
 
 def _output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -379,10 +418,11 @@ def build_chat_request(
         # client compact the conversation instead.
         "truncate": False,
     }
+    offered: list[dict[str, Any]] = []
     if not choice or choice.get("type") != "none":
-        tools = _tools(body, notes)
-        if tools:
-            request["tools"] = tools
+        offered = _offered_tools(body, notes)
+        if offered:
+            request["tools"] = [_ollama_tool(tool) for tool in offered]
     schema = _output_schema(body)
     if schema is not None:
         # Ollama constrains the answer to the schema with a grammar (for a thinking model, once thinking is done).
@@ -397,4 +437,5 @@ def build_chat_request(
         thinking_requested=thinking_requested,
         thinking_sent=think is not False,
         notes=notes,
+        offered_tools=offered,
     )
