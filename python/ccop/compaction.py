@@ -68,10 +68,12 @@ class _Spot:
 
 
 def _spots(request: dict[str, Any]) -> list[_Spot]:
-    """Every shortenable string, tool results first; the last message's last text (the instruction) is left out."""
+    """Every shortenable string, tool results first; the instruction (the last text of the last user or assistant
+    message: Claude Code may put a `role: system` message after it) is left out."""
     results: list[_Spot] = []
     texts: list[_Spot] = []
     messages = request.get("messages") or []
+    instruction_at = max((i for i, m in enumerate(messages) if m.get("role") != "system"), default=-1)
     for index, message in enumerate(messages):
         content = message.get("content")
         if not isinstance(content, list):
@@ -85,7 +87,7 @@ def _spots(request: dict[str, Any]) -> list[_Spot]:
                     results.append(_Spot(block, "content", "tool result"))
                 elif isinstance(inner, list):
                     results += [_Spot(part, "text", "tool result") for part in inner if part.get("type") == "text"]
-            elif kind == "text" and not (index == len(messages) - 1 and position == last_text):
+            elif kind == "text" and not (index == instruction_at and position == last_text):
                 texts.append(_Spot(block, "text", "message"))
     return [spot for spot in results + texts if spot.original >= _MIN_CUT_CHARS]
 
@@ -120,7 +122,9 @@ def fit_compaction(request: dict[str, Any], budget: int, count: Callable[[bytes]
         to_remove = int((tokens - budget) * per_token * 1.1) + 1
         lengths = [len(spot.text) for spot in spots]
         cap = max(_cap_for(lengths, to_remove), _MIN_CUT_CHARS // 2)
-        if not any(spot.cut_to(cap) for spot in spots):
+        # Every spot is cut in the same round (a generator inside any() would stop at the first).
+        removed = [spot.cut_to(cap) for spot in spots]
+        if not any(removed):
             return None  # everything shortenable is already as short as it gets
         body = orjson.dumps(request)
         tokens = count(body)
