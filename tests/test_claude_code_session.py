@@ -137,7 +137,9 @@ def test_short_turns_never_compact_and_the_window_is_num_ctx(session: Session, o
     assert {request["options"]["num_ctx"] for request in ollama.chat_requests()} == {WINDOW}
 
 
-def test_a_conversation_that_outgrows_the_window_is_compacted_and_goes_on(session: Session, ollama: OllamaDouble) -> None:
+def test_a_conversation_that_outgrows_the_window_is_compacted_and_goes_on(
+    session: Session, ollama: OllamaDouble
+) -> None:
     """Six 25k-token reads in one turn: Claude Code compacts, the proxy fits that request, and the session goes on."""
     paths = write_part_files(session.cwd, 6)
     ollama.set_responder(reading_responder(paths))

@@ -28,7 +28,10 @@ def compaction_request(results: int, size: int) -> dict[str, Any]:
             {
                 "role": "user",
                 "content": [
-                    *({"type": "tool_result", "tool_use_id": f"t{n}", "content": f"{n} " * size} for n in range(results)),
+                    *(
+                        {"type": "tool_result", "tool_use_id": f"t{n}", "content": f"{n} " * size}
+                        for n in range(results)
+                    ),
                     {"type": "text", "text": INSTRUCTION},
                 ],
             },
