@@ -20,6 +20,11 @@ __all__ = ["CLAUDE_CODE_WINDOW", "Check", "Report", "probe", "startup_lines"]
 MIN_USEFUL_CONTEXT = 16384
 # Below this window Claude Code works but compacts early and often (see DEFAULT_NUM_CTX).
 CLAUDE_CODE_WINDOW = DEFAULT_NUM_CTX
+# Claude Code keeps this much of the window free for compaction (33k in 2.1.330's /context), so it compacts once the
+# conversation reaches window − buffer tokens.
+CLAUDE_CODE_COMPACT_BUFFER = 33000
+# Claude Code's own prompt (system prompt, tool schemas, skills) before the first message: 13.4k in 2.1.330.
+CLAUDE_CODE_PROMPT = 13000
 # How many tool-capable models are asked about their context length (each is one cheap /api/show).
 _MAX_SHOWN = 40
 
@@ -211,10 +216,21 @@ def _window_checks(label: str, model: ModelReport, info: ModelInfo, report: Repo
         fixes.append(f"use a model trained for {CLAUDE_CODE_WINDOW} tokens or more{example}")
     fix = "; or ".join(fixes)
     if window < MIN_USEFUL_CONTEXT:
-        return [Check(False, f"{label}: a context of {window} tokens cannot hold Claude Code's prompt (12–25k)", fix)]
+        return [
+            Check(
+                False, f"{label}: a context of {window} tokens cannot hold Claude Code's prompt (about 13k tokens)", fix
+            )
+        ]
+    room = window - CLAUDE_CODE_COMPACT_BUFFER - CLAUDE_CODE_PROMPT
+    consequence = (
+        "so it compacts on nearly every request"
+        if room <= 0
+        else f"so only about {room // 1000}k tokens of conversation fit before it compacts"
+    )
     text = (
-        f"{label}: a context of {window} tokens is below the {CLAUDE_CODE_WINDOW} Claude Code needs; it compacts the "
-        f"conversation once it reaches about {max(window - 23000, 0)} tokens, so it will compact early and often"
+        f"{label}: a context of {window} tokens is below the {CLAUDE_CODE_WINDOW} Claude Code needs: it keeps "
+        f"{CLAUDE_CODE_COMPACT_BUFFER // 1000}k free for compaction and its own prompt takes about "
+        f"{CLAUDE_CODE_PROMPT // 1000}k, {consequence}"
     )
     return [Check(False, text, fix, warning=True)]
 
