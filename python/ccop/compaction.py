@@ -131,5 +131,5 @@ def fit_compaction(request: dict[str, Any], budget: int, count: Callable[[bytes]
     if tokens > budget:
         return None
     shortened = [spot for spot in spots if len(spot.text) < spot.original]
-    removed = sum(spot.original - len(spot.text) for spot in shortened)
-    return Shortened(body, tokens, len(shortened), removed)
+    characters = sum(spot.original - len(spot.text) for spot in shortened)
+    return Shortened(body, tokens, len(shortened), characters)
