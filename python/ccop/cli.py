@@ -201,6 +201,26 @@ def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
         help="on SIGTERM, how long running answers may finish before the workers stop (env CCOP_SHUTDOWN_GRACE, "
         "default 30)",
     )
+    add(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="accept this Host header name besides localhost, 127.0.0.1 and [::1] on a loopback bind; repeatable "
+        "(env CCOP_ALLOWED_HOSTS, comma separated)",
+    )
+    add(
+        "--ollama-api-key",
+        metavar="TOKEN",
+        help="send this bearer token to Ollama, for an Ollama behind an authenticating reverse proxy "
+        "(env OLLAMA_API_KEY)",
+    )
+    add(
+        "--connection-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="close a client connection that sends nothing, or stalls mid-request, for this long "
+        "(env CCOP_CONNECTION_TIMEOUT, default 30)",
+    )
     add("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     add("--version", action="version", version=f"ccop {__version__}")
     return parser
@@ -226,6 +246,9 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "max_body_size": args.max_body_size,
         "cors_origins": tuple(args.cors_origin) if args.cors_origin else None,
         "shutdown_grace": args.shutdown_grace,
+        "allowed_hosts": tuple(args.allowed_host) if args.allowed_host else None,
+        "ollama_api_key": args.ollama_api_key,
+        "connection_timeout": args.connection_timeout,
     }
 
 
@@ -326,8 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.print_config:
         shown = orjson.loads(settings.to_json())
-        if shown["api_key"]:
-            shown["api_key"] = "********"  # configured, but not for the screen
+        for secret in ("api_key", "ollama_api_key"):
+            if shown[secret]:
+                shown[secret] = "********"  # configured, but not for the screen
         del shown["configured"]  # bookkeeping, not a setting
         print(orjson.dumps(shown).decode())
         return 0

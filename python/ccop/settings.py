@@ -33,10 +33,11 @@ __all__ = [
 ]
 
 CONFIG_FILE_NAME = "proxy.config.json"
-# The smallest window Claude Code can live in, measured with the real CLI (2.1.330; docs/CLAUDE_CODE.md): it compacts
-# once a conversation reaches the window minus about 23k tokens (20k kept for the summary, 3k margin), and its own
-# prompt is 14–25k tokens, so 65536 leaves 18–28k for the work itself; 49152 compacts within the first turns of a
-# real project. The default window, unless the Modelfile asks for more or the model was trained for less.
+# The smallest window Claude Code can live in, measured with the real CLI (2.1.330; docs/CLAUDE_CODE.md): it keeps
+# 33k tokens free for compaction and its own prompt takes about 13.4k, so 65536 leaves about 19k for the work itself
+# (no compaction over 6 short turns, the first after 3 turns that each read a 5k-token file), while 49152 leaves under
+# 3k and below about 48k it compacts on every request. The default window, unless the Modelfile asks for more or the
+# model was trained for less.
 DEFAULT_NUM_CTX = 65536
 # Carries the fully resolved settings from the CLI to Granian's worker processes.
 SETTINGS_ENV = "CCOP_SETTINGS"
@@ -78,6 +79,12 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Seconds running streams get to finish after SIGTERM before the workers are stopped.
     shutdown_grace: float = 30.0
+    # Host names accepted in the Host header besides the loopback names, when bound to loopback (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    # A bearer token for an Ollama behind an authenticating reverse proxy; never logged.
+    ollama_api_key: str | None = None
+    # Seconds a client connection may send nothing (before a request, or in the middle of one) before it is closed.
+    connection_timeout: float = 30.0
     # Where the settings came from, for the banner and error messages; not a setting itself.
     config_path: str | None = None
     # The settings some layer gave (flag, environment or file), as opposed to defaults: `ccop claude` offers a
@@ -89,6 +96,7 @@ class Settings:
         data["model_map"] = dict(self.model_map)
         data["model_num_ctx"] = dict(self.model_num_ctx)
         data["cors_origins"] = list(self.cors_origins)
+        data["allowed_hosts"] = list(self.allowed_hosts)
         data["configured"] = list(self.configured)
         return orjson.dumps(data)
 
@@ -96,6 +104,7 @@ class Settings:
     def from_json(cls, raw: str | bytes) -> Settings:
         data = orjson.loads(raw)
         data["cors_origins"] = tuple(data.get("cors_origins", ()))
+        data["allowed_hosts"] = tuple(data.get("allowed_hosts", ()))
         data["configured"] = tuple(data.get("configured", ()))
         return cls(**data)
 
@@ -316,6 +325,27 @@ OPTIONS: tuple[Option, ...] = (
         "CCOP_SHUTDOWN_GRACE",
         "float",
         "Seconds running answers get to finish after SIGTERM.",
+    ),
+    Option(
+        "allowed_hosts",
+        "allowedHosts",
+        "CCOP_ALLOWED_HOSTS",
+        "list",
+        "Host names accepted besides localhost, 127.0.0.1 and [::1] when bound to loopback.",
+    ),
+    Option(
+        "ollama_api_key",
+        "ollamaApiKey",
+        "OLLAMA_API_KEY",
+        "str",
+        "Bearer token sent to Ollama, for an Ollama behind an authenticating reverse proxy.",
+    ),
+    Option(
+        "connection_timeout",
+        "connectionTimeout",
+        "CCOP_CONNECTION_TIMEOUT",
+        "float",
+        "Seconds a client connection may stay silent, or stall mid-request, before it is closed.",
     ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
