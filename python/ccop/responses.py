@@ -9,13 +9,19 @@ import orjson
 from ccop._types import Receive, Send
 from ccop.errors import ProxyError, RequestTooLarge, error_body
 
-__all__ = ["ClientDisconnected", "read_body", "send_bytes", "send_error", "send_json"]
+__all__ = ["ClientDisconnected", "body_too_large", "read_body", "send_bytes", "send_error", "send_json"]
 
 _JSON = b"application/json"
 
 
 class ClientDisconnected(Exception):
     """The client went away before the request body was complete."""
+
+
+def body_too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"request body is larger than the proxy's limit of {limit} bytes; raise it with --max-body-size"
+    )
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -30,9 +36,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise RequestTooLarge(
-                    f"request body is larger than the proxy's limit of {limit} bytes; raise it with --max-body-size"
-                )
+                raise body_too_large(limit)
             parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
