@@ -80,7 +80,7 @@ def start_proxy(
     log_path = tmp_path / f"ccop-{port}.log"
     command = [*ccop_command(), "--port", str(port), "--ollama-url", ollama_url, *args]
     process_env = {key: value for key, value in os.environ.items() if not key.startswith("CCOP_")}
-    for key in ("PORT", "HOST", "OLLAMA_URL", "DEFAULT_MODEL"):
+    for key in ("PORT", "HOST", "OLLAMA_URL", "OLLAMA_HOST", "OLLAMA_API_KEY", "DEFAULT_MODEL"):
         process_env.pop(key, None)
     process_env.update(env or {})
     with log_path.open("w") as log:

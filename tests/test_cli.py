@@ -38,7 +38,7 @@ FLAGS = [
 
 def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CCOP_")}
-    for key in ("PORT", "HOST", "OLLAMA_URL", "DEFAULT_MODEL"):
+    for key in ("PORT", "HOST", "OLLAMA_URL", "OLLAMA_HOST", "OLLAMA_API_KEY", "DEFAULT_MODEL"):
         clean.pop(key, None)
     clean.update(env or {})
     return subprocess.run([*ccop_command(), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=60)
@@ -75,11 +75,11 @@ def test_defaults(tmp_path: Path) -> None:
     settings = resolved(cwd=tmp_path)
     assert settings["port"] == 3000
     assert settings["host"] == "127.0.0.1"
-    assert settings["ollama_url"] == "http://localhost:11434"
-    assert settings["default_model"] == "llama3.1"
+    assert settings["ollamaUrl"] == "http://localhost:11434"
+    assert settings["defaultModel"] == "llama3.1"
     assert settings["workers"] == 1
-    assert settings["strict_thinking"] is False
-    assert settings["token_counting"] == "calibrated"
+    assert settings["strictThinking"] is False
+    assert settings["tokenCounting"] == "calibrated"
 
 
 def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
@@ -89,10 +89,10 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
     env = {"PORT": "4002", "DEFAULT_MODEL": "from-env"}
     settings = resolved("--port", "4003", cwd=tmp_path, env=env)
     assert settings["port"] == 4003  # flag beats env and file
-    assert settings["default_model"] == "from-env"  # env beats file
+    assert settings["defaultModel"] == "from-env"  # env beats file
     assert settings["host"] == "127.0.0.2"  # file beats default
     assert settings["workers"] == 3
-    assert settings["ollama_url"] == "http://localhost:11434"  # default
+    assert settings["ollamaUrl"] == "http://localhost:11434"  # default
 
 
 def test_every_env_var_is_read(tmp_path: Path) -> None:
@@ -110,31 +110,31 @@ def test_every_env_var_is_read(tmp_path: Path) -> None:
     settings = resolved(cwd=tmp_path, env=env)
     assert settings["port"] == 4100
     assert settings["host"] == "0.0.0.0"
-    assert settings["ollama_url"] == "http://gpu-box:11434"
-    assert settings["default_model"] == "qwen3-coder:30b"
-    assert settings["model_map"] == {"claude-a": "m1", "claude-b": "m2"}
-    assert settings["strict_thinking"] is True
+    assert settings["ollamaUrl"] == "http://gpu-box:11434"
+    assert settings["defaultModel"] == "qwen3-coder:30b"
+    assert settings["modelMap"] == {"claude-a": "m1", "claude-b": "m2"}
+    assert settings["strictThinking"] is True
     assert settings["verbose"] is True
     assert settings["workers"] == 4
-    assert settings["token_counting"] == "heuristic"
+    assert settings["tokenCounting"] == "heuristic"
 
 
 def test_flag_can_switch_off_an_env_boolean(tmp_path: Path) -> None:
     settings = resolved("--no-strict-thinking", cwd=tmp_path, env={"CCOP_STRICT_THINKING": "true"})
-    assert settings["strict_thinking"] is False
+    assert settings["strictThinking"] is False
 
 
 def test_model_maps_merge_across_layers(tmp_path: Path) -> None:
     (tmp_path / "proxy.config.json").write_text(json.dumps({"modelMap": {"a": "file-a", "b": "file-b"}}))
     settings = resolved("-m", "b=flag-b", "--model-map", "c=flag-c", cwd=tmp_path, env={"CCOP_MODEL_MAP": "a=env-a"})
-    assert settings["model_map"] == {"a": "env-a", "b": "flag-b", "c": "flag-c"}
+    assert settings["modelMap"] == {"a": "env-a", "b": "flag-b", "c": "flag-c"}
 
 
 def test_explicit_config_path_and_env_config(tmp_path: Path) -> None:
     config = tmp_path / "elsewhere.json"
     config.write_text(json.dumps({"defaultModel": "explicit"}))
-    assert resolved("-c", str(config), cwd=tmp_path)["default_model"] == "explicit"
-    assert resolved(cwd=tmp_path, env={"CCOP_CONFIG": str(config)})["default_model"] == "explicit"
+    assert resolved("-c", str(config), cwd=tmp_path)["defaultModel"] == "explicit"
+    assert resolved(cwd=tmp_path, env={"CCOP_CONFIG": str(config)})["defaultModel"] == "explicit"
 
 
 def test_init_writes_a_usable_config_and_refuses_to_overwrite(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_init_writes_a_usable_config_and_refuses_to_overwrite(tmp_path: Path) ->
     assert isinstance(written["modelMap"], dict) and written["modelMap"]
     # The written file must load without errors.
     settings = resolved(cwd=tmp_path)
-    assert settings["model_map"] == written["modelMap"]
+    assert settings["modelMap"] == written["modelMap"]
 
     (tmp_path / "proxy.config.json").write_text('{"port": 1234}')
     again = run("--init", cwd=tmp_path)
@@ -167,7 +167,9 @@ def test_init_writes_a_usable_config_and_refuses_to_overwrite(tmp_path: Path) ->
         (["-m", "=x"], {}, None, "CLAUDE_MODEL=OLLAMA_MODEL"),
         (["--workers", "0"], {}, None, "at least 1"),
         ([], {"PORT": "0"}, None, "PORT"),
-        ([], {"OLLAMA_URL": "localhost:11434"}, None, "OLLAMA_URL"),
+        ([], {"OLLAMA_URL": "ftp://localhost:11434"}, None, "OLLAMA_URL"),
+        ([], {"OLLAMA_HOST": "localhost:99999"}, None, "OLLAMA_HOST"),
+        ([], {}, '{"version": "2"}', "'version' must be '1'"),
         ([], {}, "{not json", "not valid JSON"),
         ([], {}, '{"port": "3000"}', "'port'"),
         ([], {}, '{"prot": 3000}', "unknown key 'prot'"),

@@ -334,6 +334,6 @@ def test_print_config_shows_the_new_settings(tmp_path: Path) -> None:
         [*ccop_command(), "--print-config", "--num-ctx", "0"], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     settings = json.loads(result.stdout)
-    assert settings["num_ctx"] == 0
-    assert settings["model_num_ctx"] == {"a:1b": 9000}
-    assert settings["thinking_model"] == "t"
+    assert settings["numCtx"] == 0
+    assert settings["modelNumCtx"] == {"a:1b": 9000}
+    assert settings["thinkingModel"] == "t"

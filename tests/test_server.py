@@ -28,7 +28,8 @@ def test_health_says_when_ollama_is_down(tmp_path: Path) -> None:
     proxy = start_proxy(f"http://127.0.0.1:{free_port()}", tmp_path)
     try:
         body = httpx.get(f"{proxy.url}/health", trust_env=False).json()
-        assert body["status"] == "ok"
+        assert body["status"] == "degraded"
+        assert body["reason"].startswith("Ollama is not reachable at http://127.0.0.1:")
         assert body["ollama"]["reachable"] is False
         assert body["ollama"]["error"]
     finally:

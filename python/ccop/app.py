@@ -22,12 +22,22 @@ from ccop._types import Receive, Scope, Send
 from ccop.calibration import Calibration
 from ccop.catalog import ModelCatalog
 from ccop.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, NotFound, ProxyError
-from ccop.logs import configure_logging
+from ccop.logs import configure_logging, printable
 from ccop.messages import MessagesService, RequestRecord
 from ccop.model_list import find_entry, list_page, model_entries
 from ccop.responses import ClientDisconnected, read_body, send_bytes, send_error, send_json
-from ccop.security import check_api_key, cors_headers, header, preflight_headers, with_cors
-from ccop.settings import Settings
+from ccop.security import (
+    check_api_key,
+    check_host,
+    check_origin,
+    cors_headers,
+    header,
+    is_loopback,
+    preflight_headers,
+    require_json,
+    with_cors,
+)
+from ccop.settings import Settings, redacted_url
 from ccop.upstream import ChatSender, create_client, unreachable
 
 __all__ = ["ProxyApp", "create_app"]
@@ -46,6 +56,8 @@ class ProxyApp:
         self._client: httpx.AsyncClient | None = None
         self._messages: MessagesService | None = None
         self._catalog: ModelCatalog | None = None
+        # On loopback only a page's DNS rebinding brings a foreign Host; a user who binds beyond it chose the network.
+        self._check_host = is_loopback(settings.host)
 
     # -- lifespan ------------------------------------------------------------------------------------------------
 
@@ -53,7 +65,7 @@ class ProxyApp:
         self._open()
 
     def _open(self) -> httpx.AsyncClient:
-        client, transport = create_client(self.settings.ollama_url)
+        client, transport = create_client(self.settings.ollama_url, self.settings.ollama_api_key)
         self._client = client
         self._catalog = ModelCatalog(client)
         chat = ChatSender(client, transport)
@@ -122,8 +134,7 @@ class ProxyApp:
                 self._log(request_id, method, path, 204, record, started)
                 return
         try:
-            if self.settings.api_key and _canonical_path(path) != "/health":
-                check_api_key(scope, self.settings.api_key)
+            self._admit(scope, path)
             handler = self._route(method, path)
             await handler(self, scope, receive, send, request_id, record)
         except ProxyError as raised:
@@ -145,6 +156,14 @@ class ProxyApp:
                 pass
         finally:
             self._log(request_id, method, path, status, record, started)
+
+    def _admit(self, scope: Scope, path: str) -> None:
+        """The checks before any handler runs: the Host (DNS rebinding), the web origin, the API key."""
+        if self._check_host:
+            check_host(scope, self.settings.allowed_hosts)
+        check_origin(scope, self.settings.cors_origins)
+        if self.settings.api_key and _canonical_path(path) != "/health":
+            check_api_key(scope, self.settings.api_key)
 
     def _route(self, method: str, path: str) -> Handler:
         path = _canonical_path(path)
@@ -173,7 +192,11 @@ class ProxyApp:
         if record.input_tokens is not None or record.output_tokens is not None:
             tokens = f" in={record.input_tokens if record.input_tokens is not None else '-'}"
             tokens += f" out={record.output_tokens if record.output_tokens is not None else '-'}"
-        model = f" model={record.model}->{record.ollama_model}" if record.model != "-" else ""
+        model = (
+            f" model={printable(record.model, 200)}->{printable(record.ollama_model, 200)}"
+            if record.model != "-"
+            else ""
+        )
         outcome = f" ({record.outcome})" if record.outcome != "ok" else ""
         label = f" class={record.request_class}" if record.request_class != "-" else ""
         logger.info(
@@ -185,29 +208,39 @@ class ProxyApp:
 
 
 async def _root(app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord) -> None:
-    body = f"ccop {__version__} is running; Anthropic Messages API -> Ollama at {app.settings.ollama_url}\n"
+    body = (
+        f"ccop {__version__} is running; Anthropic Messages API -> Ollama at {redacted_url(app.settings.ollama_url)}\n"
+    )
     await send_bytes(
         send, 200, body.encode(), content_type=b"text/plain; charset=utf-8", head=scope["method"] == "HEAD"
     )
 
 
 async def _health(app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord) -> None:
-    ollama: dict[str, object] = {"url": app.settings.ollama_url, "reachable": False}
+    head = scope["method"] == "HEAD"
+    if app.settings.api_key and not _has_api_key(scope, app.settings.api_key):
+        # Open without the key, so monitors can watch it, but then it tells nothing about the set-up.
+        await send_json(send, 200, {"status": "ok"}, head=head)
+        return
+    url = redacted_url(app.settings.ollama_url)
+    ollama: dict[str, object] = {"url": url, "reachable": False}
     try:
         response = await app.client.get("/api/version", timeout=2.0)
         ollama["reachable"] = response.status_code == 200
         if response.status_code == 200:
             ollama["version"] = orjson.loads(response.content).get("version")
+        else:
+            ollama["error"] = f"/api/version answered HTTP {response.status_code}"
     except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
         ollama["error"] = str(exc) or type(exc).__name__
-    body = {
+    body: dict[str, object] = {
         "status": "ok",
         "version": __version__,
         "pid": os.getpid(),
         "ollama": ollama,
         # What `ccop claude` compares before reusing this proxy: the window Claude Code is told must be the one sent.
         "settings": {
-            "ollama_url": app.settings.ollama_url,
+            "ollama_url": url,
             "default_model": app.settings.default_model,
             "num_ctx": app.settings.num_ctx,
             "model_num_ctx": dict(app.settings.model_num_ctx),
@@ -216,7 +249,19 @@ async def _health(app: ProxyApp, scope: Scope, receive: Receive, send: Send, req
         # How often the models' tool calls needed repair, per kind ("unchanged": arguments arrived as an object).
         "tool_calls": dict(sorted(app.messages.tool_calls.items())),
     }
-    await send_json(send, 200, body, head=scope["method"] == "HEAD")
+    if not ollama["reachable"]:
+        # Still a working proxy (requests get a clear 502), but not one that can answer them.
+        body["status"] = "degraded"
+        body["reason"] = f"Ollama is not reachable at {url} ({ollama['error']})"
+    await send_json(send, 200, body, head=head)
+
+
+def _has_api_key(scope: Scope, api_key: str) -> bool:
+    try:
+        check_api_key(scope, api_key)
+    except ProxyError:
+        return False
+    return True
 
 
 def _request_class(scope: Scope) -> str:
@@ -229,18 +274,10 @@ def _request_class(scope: Scope) -> str:
     return value if value and len(value) <= 32 and all(c.isalnum() or c in "-_" for c in value) else "other"
 
 
-def _check_json_content_type(scope: Scope) -> None:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            if media and not media.endswith(b"json"):
-                raise InvalidRequest(f"content-type must be application/json, got {value.decode('latin-1')!r}")
-
-
 async def _messages(
     app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, record: RequestRecord
 ) -> None:
-    _check_json_content_type(scope)
+    require_json(scope)
     body = await read_body(receive, app.settings.max_body_size)
     await app.messages.create(body, receive, send, request_id, record)
 
@@ -248,7 +285,7 @@ async def _messages(
 async def _count_tokens(
     app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, record: RequestRecord
 ) -> None:
-    _check_json_content_type(scope)
+    require_json(scope)
     body = await read_body(receive, app.settings.max_body_size)
     await app.messages.count_tokens(body, send, request_id, record)
 

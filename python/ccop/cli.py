@@ -23,8 +23,10 @@ from ccop.settings import (
     SETTINGS_ENV,
     ConfigError,
     Settings,
+    config_document,
     default_config_document,
     parse_model_map_entry,
+    redacted_url,
 )
 
 __all__ = ["build_parser", "main"]
@@ -101,11 +103,21 @@ def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"config file (default: ./{CONFIG_FILE_NAME} if present; env CCOP_CONFIG)",
     )
-    add("--init", action="store_true", help=f"write a default {CONFIG_FILE_NAME} and exit")
+    add(
+        "--init",
+        action="store_true",
+        help=f"write a {CONFIG_FILE_NAME} (mode 0600) with the defaults and the other flags given, and exit",
+    )
     add("--force", action="store_true", help="with --init: overwrite an existing file")
     add("-p", "--port", type=_port, help=f"port to listen on (env PORT, default {DEFAULTS.port})")
     add("--host", help=f"address to bind (env HOST, default {DEFAULTS.host})")
-    add("-u", "--ollama-url", metavar="URL", help=f"Ollama base URL (env OLLAMA_URL, default {DEFAULTS.ollama_url})")
+    add(
+        "-u",
+        "--ollama-url",
+        metavar="URL",
+        help="Ollama's address; http:// and port 11434 are assumed when left out; user:password@ in it is sent as "
+        f"Basic authentication (env OLLAMA_URL, else Ollama's OLLAMA_HOST; default {DEFAULTS.ollama_url})",
+    )
     add(
         "-m",
         "--model-map",
@@ -221,7 +233,11 @@ def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
         help="close a client connection that sends nothing, or stalls mid-request, for this long "
         "(env CCOP_CONNECTION_TIMEOUT, default 30)",
     )
-    add("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
+    add(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration as a config file (secrets masked) and exit",
+    )
     add("--version", action="version", version=f"ccop {__version__}")
     return parser
 
@@ -252,17 +268,46 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _init(path: Path, force: bool) -> int:
+def _init(path: Path, force: bool, given: dict[str, Any]) -> int:
+    """Write the config file: readable by its owner only (it may hold keys), and never through a symbolic link."""
+    if path.is_symlink():
+        print(
+            f"ccop: {path} is a symbolic link; --init writes only a regular file, so remove the link", file=sys.stderr
+        )
+        return 1
     if path.exists() and not force:
         print(f"ccop: {path} already exists; use --init --force to overwrite it", file=sys.stderr)
         return 1
     try:
-        path.write_bytes(default_config_document())
+        document = default_config_document(given)
+    except ConfigError as exc:
+        print(f"ccop: {exc}", file=sys.stderr)
+        return 2
+    # O_NOFOLLOW: a link put in place after the check above still fails here instead of being followed.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        descriptor = os.open(path, flags, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            os.fchmod(file.fileno(), 0o600)  # an existing file (--force) keeps its mode otherwise
+            file.write(document)
     except OSError as exc:
         print(f"ccop: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     print(f"wrote {path}; edit defaultModel and modelMap, then run `ccop`")
     return 0
+
+
+def _shown_config(settings: Settings) -> dict[str, Any]:
+    """`--print-config`: the settings under the config file's own keys, so the output can be saved as one."""
+    shown: dict[str, Any] = {}
+    if settings.config_path:
+        shown["$configFile"] = settings.config_path  # a comment key: where the file layer came from
+    shown.update(config_document(settings))
+    for secret in ("apiKey", "ollamaApiKey"):
+        if shown[secret]:
+            shown[secret] = "********"  # configured, but not for the screen
+    shown["ollamaUrl"] = redacted_url(shown["ollamaUrl"])
+    return shown
 
 
 def _is_loopback(host: str) -> bool:
@@ -277,8 +322,9 @@ def _is_loopback(host: str) -> bool:
 def banner(settings: Settings) -> str:
     workers = f"{settings.workers} worker" + ("s" if settings.workers != 1 else "")
     source = f" · config {settings.config_path}" if settings.config_path else ""
+    ollama = redacted_url(settings.ollama_url)
     return (
-        f"ccop {__version__} listening on http://{settings.host}:{settings.port} → Ollama {settings.ollama_url}"
+        f"ccop {__version__} listening on http://{settings.host}:{settings.port} → Ollama {ollama}"
         f" · default model {settings.default_model} · {workers}{source}"
     )
 
@@ -297,7 +343,7 @@ def doctor(argv: Sequence[str]) -> int:
     if settings is None:
         return 2
     report = probe(settings, contexts=True)
-    print(f"ccop {__version__} doctor: Ollama at {settings.ollama_url}")
+    print(f"ccop {__version__} doctor: Ollama at {redacted_url(settings.ollama_url)}")
     for check in report.checks:
         mark = "ok  " if check.ok else ("note" if check.warning else "FAIL")
         print(f"  {mark} {check.text}")
@@ -343,17 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return claude(arguments[1:])
     args = build_parser().parse_args(arguments)
     if args.init:
-        return _init(Path(args.config or CONFIG_FILE_NAME), args.force)
+        return _init(Path(args.config or CONFIG_FILE_NAME), args.force, _flags(args))
     settings = _settings(args)
     if settings is None:
         return 2
     if args.print_config:
-        shown = orjson.loads(settings.to_json())
-        for secret in ("api_key", "ollama_api_key"):
-            if shown[secret]:
-                shown[secret] = "********"  # configured, but not for the screen
-        del shown["configured"]  # bookkeeping, not a setting
-        print(orjson.dumps(shown).decode())
+        print(orjson.dumps(_shown_config(settings), option=orjson.OPT_INDENT_2).decode())
         return 0
     print(banner(settings), flush=True)
     if not _is_loopback(settings.host) and not settings.api_key:

@@ -12,7 +12,8 @@ import httpx
 import orjson
 
 from ccop.catalog import ModelInfo, parse_show
-from ccop.settings import DEFAULT_NUM_CTX, Settings
+from ccop.settings import DEFAULT_NUM_CTX, Settings, redacted_url
+from ccop.upstream import ollama_endpoint
 
 __all__ = ["CLAUDE_CODE_WINDOW", "Check", "Report", "probe", "startup_lines"]
 
@@ -96,8 +97,10 @@ def probe(
     With `contexts`, also every tool-capable model's trained length, to suggest or offer models by it (one
     `/api/show` each: for `ccop doctor` and `ccop claude`, not for the start-up summary of every worker).
     """
-    report = Report(url=settings.ollama_url)
-    with httpx.Client(base_url=settings.ollama_url, timeout=timeout, trust_env=False) as client:
+    report = Report(url=redacted_url(settings.ollama_url))
+    # The same credentials the proxy sends (from the URL, or --ollama-api-key), on every probe.
+    base_url, credentials = ollama_endpoint(settings.ollama_url, settings.ollama_api_key)
+    with httpx.Client(base_url=base_url, headers=credentials, timeout=timeout, trust_env=False) as client:
         try:
             version = client.get("/api/version")
             version.raise_for_status()
@@ -134,24 +137,25 @@ def probe(
 
 def _judge(settings: Settings, report: Report) -> None:
     checks = report.checks
-    if settings.ollama_url.rstrip("/").endswith("/v1"):
+    url = report.url  # the password, if any, masked
+    if url.rstrip("/").endswith("/v1"):
         checks.append(
             Check(
                 False,
-                f"the Ollama URL {settings.ollama_url} ends in /v1; the proxy talks to Ollama's native API at its root",
-                f"--ollama-url {settings.ollama_url.rstrip('/').removesuffix('/v1')}",
+                f"the Ollama URL {url} ends in /v1; the proxy talks to Ollama's native API at its root",
+                f"--ollama-url {url.rstrip('/').removesuffix('/v1')}",
             )
         )
     if not report.reachable:
         checks.append(
             Check(
                 False,
-                f"Ollama is not reachable at {settings.ollama_url} ({report.error})",
+                f"Ollama is not reachable at {url} ({report.error})",
                 "start it with `ollama serve`, or point the proxy at it with --ollama-url URL",
             )
         )
         return
-    checks.append(Check(True, f"Ollama {report.version} is reachable at {settings.ollama_url}"))
+    checks.append(Check(True, f"Ollama {report.version} is reachable at {url}"))
     if report.version and _older_than(report.version, (0, 30)):
         checks.append(
             Check(
@@ -248,7 +252,7 @@ def startup_lines(settings: Settings) -> list[str]:
     report = probe(settings, timeout=3.0)
     if not report.reachable:
         return [
-            f"warning: Ollama is not reachable at {settings.ollama_url} yet ({report.error}); requests will fail "
+            f"warning: Ollama is not reachable at {report.url} yet ({report.error}); requests will fail "
             "until it runs (`ollama serve`)"
         ]
     default = report.models[0]

@@ -4,6 +4,10 @@ Every error a client sees is `{"type": "error", "error": {"type": ..., "message"
 HTTP status, or the same object in an SSE `event: error` once a stream has begun. An error that a client recognises
 by code rather than by wording also carries `error.details` (`{"error_code": ...}`), as Anthropic's errors do.
 
+Messages quote what the client sent (a model name, a field's value), and clients show them on a terminal: every
+message has its control characters escaped and any run of over 256 characters without a space cut, so a quoted
+string can neither drive the terminal nor make the answer as large as the request.
+
     ProxyError                      api_error, 500
     ├── InvalidRequest              invalid_request_error, 400 (names the offending field)
     │   └── ThreadUnsupported       a `thread` field: the proxy keeps no conversations (details.error_code)
@@ -19,11 +23,13 @@ by code rather than by wording also carries `error.details` (`{"error_code": ...
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import orjson
 
 from ccop._core import encode_sse
+from ccop.logs import printable
 
 __all__ = [
     "AuthenticationFailed",
@@ -39,7 +45,21 @@ __all__ = [
     "UpstreamError",
     "error_body",
     "error_event",
+    "safe_message",
 ]
+
+
+# The longest run without a space an error message keeps (no model name, path or URL of ours is longer), and the
+# longest message.
+_RUN_LIMIT = 256
+_MESSAGE_LIMIT = 16384
+_LONG_RUN = re.compile(rf"\S{{{_RUN_LIMIT + 1},}}")
+
+
+def safe_message(message: str) -> str:
+    """`message` made safe to show: control characters escaped, long runs of characters (quoted input) cut."""
+    shortened = _LONG_RUN.sub(lambda run: printable(run[0], _RUN_LIMIT), message)
+    return printable(shortened, _MESSAGE_LIMIT)
 
 
 class ProxyError(Exception):
@@ -57,6 +77,7 @@ class ProxyError(Exception):
         headers: tuple[tuple[bytes, bytes], ...] = (),
         details: dict[str, object] | None = None,
     ) -> None:
+        message = safe_message(message)
         super().__init__(message)
         self.message = message
         # `error.details` of the body: the machine-readable part the official SDKs act on (e.g. `error_code`).

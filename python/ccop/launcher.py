@@ -25,7 +25,7 @@ import orjson
 
 from ccop.diagnostics import Report, probe
 from ccop.launch_args import LaunchArgs, permission_mode_chosen
-from ccop.settings import DEFAULT_NUM_CTX, SETTINGS_ENV, Settings
+from ccop.settings import DEFAULT_NUM_CTX, SETTINGS_ENV, Settings, redacted_url
 
 __all__ = ["claude_environment", "launch", "proxy_url"]
 
@@ -94,18 +94,23 @@ def claude_environment(settings: Settings, window: int, small_model: str | None 
     }
 
 
-def _health(url: str) -> dict[str, Any] | None | bool:
-    """The health document of a ccop at `url`; False: something else answers there; None: nothing listens."""
-    # /health answers without the API key, so this works whatever the proxy's key.
+def _health(url: str, api_key: str | None) -> dict[str, Any] | None | bool:
+    """The health document of a ccop at `url`; False: something else answers there; None: nothing listens.
+
+    A proxy with an API key shows its document only to a request with that key (without it `/health` says only
+    `{"status": "ok"}`, returned as it is, so the caller can tell a proxy with another key from something else).
+    """
+    headers = {"x-api-key": api_key} if api_key else {}
     try:
-        response = httpx.get(f"{url}/health", timeout=2.0, trust_env=False)
+        response = httpx.get(f"{url}/health", headers=headers, timeout=2.0, trust_env=False)
     except httpx.HTTPError:
         return None
     try:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         return False
-    if isinstance(body, dict) and body.get("status") == "ok" and "ollama" in body:
+    # "degraded": a ccop whose Ollama is down right now; still a ccop, and the pre-flight says what is wrong.
+    if isinstance(body, dict) and body.get("status") in ("ok", "degraded") and ("ollama" in body or len(body) == 1):
         return body
     return False
 
@@ -116,7 +121,7 @@ def _differences(settings: Settings, health: Mapping[str, Any]) -> list[str]:
     if not isinstance(running, dict):
         return []
     wanted = {
-        "Ollama URL": settings.ollama_url,
+        "Ollama URL": redacted_url(settings.ollama_url),
         "num_ctx": settings.num_ctx,
         "per-model num_ctx": dict(settings.model_num_ctx),
     }
@@ -139,14 +144,14 @@ def _start_proxy(settings: Settings) -> tuple[subprocess.Popen[bytes], Path]:
     return process, log_path
 
 
-def _wait_until_up(process: subprocess.Popen[bytes], url: str, log_path: Path) -> bool:
+def _wait_until_up(process: subprocess.Popen[bytes], url: str, log_path: Path, api_key: str | None) -> bool:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace")[-2000:]
             print(f"ccop: the proxy exited with code {process.returncode}:\n{tail}", file=sys.stderr)
             return False
-        if isinstance(_health(url), dict):
+        if isinstance(_health(url, api_key), dict):
             return True
         time.sleep(0.1)
     print(f"ccop: the proxy did not answer at {url} within {START_TIMEOUT:g} s (log: {log_path})", file=sys.stderr)
@@ -231,9 +236,12 @@ def _check(settings: Settings, args: LaunchArgs) -> tuple[Settings, Report] | No
 def _ensure_proxy(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str] | None:
     """A ccop answering at the configured port: reused, or started here. None (after saying why) on failure."""
     url = proxy_url(settings)
-    health = _health(url)
+    health = _health(url, settings.api_key)
     if health is False:
         _say(f"something other than ccop answers at {url}; choose another port with --port")
+        return None
+    if isinstance(health, dict) and "ollama" not in health:
+        _say(f"the ccop already running at {url} needs a different API key; stop it, or use another port with --port")
         return None
     if isinstance(health, dict):
         differences = _differences(settings, health)
@@ -245,7 +253,7 @@ def _ensure_proxy(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, s
             return None
         return None, "running"
     process, log_path = _start_proxy(settings)
-    if not _wait_until_up(process, url, log_path):
+    if not _wait_until_up(process, url, log_path, settings.api_key):
         _stop(process)
         return None
     return process, f"log {log_path}"

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -28,8 +29,11 @@ __all__ = [
     "ConfigError",
     "Option",
     "Settings",
+    "config_document",
     "default_config_document",
+    "normalize_ollama_url",
     "parse_model_map_entry",
+    "redacted_url",
 ]
 
 CONFIG_FILE_NAME = "proxy.config.json"
@@ -41,6 +45,12 @@ CONFIG_FILE_NAME = "proxy.config.json"
 DEFAULT_NUM_CTX = 65536
 # Carries the fully resolved settings from the CLI to Granian's worker processes.
 SETTINGS_ENV = "CCOP_SETTINGS"
+# Ollama's own variable (`host:port`, scheme optional), read when OLLAMA_URL is not set.
+OLLAMA_HOST_ENV = "OLLAMA_HOST"
+# Ollama's port, for an address given without a scheme (as Ollama itself reads OLLAMA_HOST).
+OLLAMA_PORT = 11434
+# Keys of a config file written by the original TypeScript tool, with the values it writes: accepted and ignored.
+LEGACY_KEYS = {"version": "1"}
 
 TokenCounting = Literal["heuristic", "calibrated"]
 
@@ -140,9 +150,12 @@ class Settings:
 
         values: dict[str, Any] = {}
         for option in OPTIONS:
-            layers = [flags.get(option.name)]
+            layers = [_flag_value(option, flags.get(option.name))]
             if option.env and option.env in environ:
                 layers.append(option.parse(environ[option.env], f"environment variable {option.env}"))
+            elif option.name == "ollama_url" and environ.get(OLLAMA_HOST_ENV, "").strip():
+                # Ollama's own variable, so a machine set up for the `ollama` command needs nothing more.
+                layers.append(option.parse(environ[OLLAMA_HOST_ENV], f"environment variable {OLLAMA_HOST_ENV}"))
             # null in the file means "not set here", like a missing key.
             if file_values.get(option.config_key) is not None:
                 where = f"{used_path}: key {option.config_key!r}"
@@ -159,6 +172,13 @@ class Settings:
             else:
                 values[option.name] = given[0]
         return cls(config_path=used_path, configured=tuple(values), **values)
+
+
+def _flag_value(option: Option, value: Any) -> Any:
+    """A flag's value, already typed by the parser; an address is still read the way the other layers read it."""
+    if value is not None and option.kind == "url":
+        return normalize_ollama_url(value, f"--{option.name.replace('_', '-')}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,9 +266,7 @@ class Option:
             raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
         value = value.strip()
         if self.kind == "url":
-            if not re.match(r"^https?://[^\s/]+", value):
-                raise ConfigError(f"{where}: expected an http:// or https:// URL, got {value!r}")
-            return value.rstrip("/")
+            return normalize_ollama_url(value, where)
         if self.kind == "choice" and value not in self.choices:
             raise ConfigError(f"{where}: expected one of {', '.join(self.choices)}, got {value!r}")
         return value
@@ -353,6 +371,47 @@ CONFIG_KEYS = {option.config_key: option for option in OPTIONS}
 DEFAULTS = Settings()
 
 
+def normalize_ollama_url(raw: str, where: str = "--ollama-url") -> str:
+    """An Ollama address as a base URL, read the way Ollama reads OLLAMA_HOST.
+
+    Without a scheme it is `http://`, and without a port then 11434 (`gpu-box` → `http://gpu-box:11434`); with a
+    scheme the scheme's own port applies. The unspecified addresses Ollama is often told to listen on (`0.0.0.0`,
+    `::`) and an empty host mean this machine. Credentials (`http://user:pass@host`) are kept.
+    """
+    value = raw.strip()
+    has_scheme = "://" in value
+    value = value.rstrip("/")
+    parts = urlsplit(value if has_scheme else f"http://{value}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = -1
+    malformed = port == -1 or re.search(r"\s", value) or parts.query or parts.fragment
+    if parts.scheme not in ("http", "https") or malformed or (has_scheme and not parts.hostname):
+        raise ConfigError(f"{where}: expected an Ollama address such as http://localhost:11434, got {raw!r}")
+    host = parts.hostname or ""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None and not has_scheme:
+        port = OLLAMA_PORT
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}{at}{host}" + (f":{port}" if port is not None else "")
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def redacted_url(url: str) -> str:
+    """The URL with any password in it masked: for banners, logs, error messages and `/health`."""
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{separator}{user}:********@{hostport}{slash}{path}"
+
+
 def parse_model_map_entry(entry: str, where: str = "--model-map") -> tuple[str, str]:
     """Split `CLAUDE=OLLAMA`; both sides must be non-empty."""
     claude, sep, ollama = entry.partition("=")
@@ -373,19 +432,38 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object, got {type(data).__name__}")
-    unknown = [key for key in data if key not in CONFIG_KEYS and not key.startswith(("$", "_"))]
+    for key, expected in LEGACY_KEYS.items():
+        if key in data and data[key] != expected:
+            raise ConfigError(f"config file {path}: {key!r} must be {expected!r} (or left out), got {data[key]!r}")
+    unknown = [
+        key for key in data if key not in CONFIG_KEYS and key not in LEGACY_KEYS and not key.startswith(("$", "_"))
+    ]
     if unknown:
         known = ", ".join(CONFIG_KEYS)
         raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known keys: {known})")
     return {key: value for key, value in data.items() if key in CONFIG_KEYS}
 
 
-def default_config_document() -> bytes:
-    """The file `ccop --init` writes: every key with its default, and a starter model map."""
+def config_document(settings: Settings) -> dict[str, Any]:
+    """Every setting under its config-file key, as JSON values: what `--print-config` shows."""
+    data = orjson.loads(settings.to_json())
+    return {option.config_key: data[option.name] for option in OPTIONS}
+
+
+def default_config_document(given: Mapping[str, Any] | None = None) -> bytes:
+    """The file `ccop --init` writes: every key with its default, a starter model map, and the values `given`.
+
+    `given` holds setting names and values (the flags given with `--init`); they replace the defaults, and a given
+    model map replaces the starter one.
+    """
+    given = {
+        name: _flag_value(OPTIONS_BY_NAME[name], value) for name, value in (given or {}).items() if value is not None
+    }
     document: dict[str, Any] = {"$comment": "ccop configuration; every key is described in docs/CLI.md"}
+    values = config_document(dataclasses.replace(DEFAULTS, **given))
     for option in OPTIONS:
-        value = getattr(DEFAULTS, option.name)
-        if option.name == "model_map":
+        value = values[option.config_key]
+        if option.name == "model_map" and option.name not in given:
             value = {
                 "claude-opus-5-5": "qwen3-coder:30b",
                 "claude-sonnet-5-5": "qwen3-coder:30b",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 
 import httpx
@@ -16,16 +17,48 @@ from ccop.errors import (
     ProxyError,
     UpstreamError,
 )
+from ccop.settings import redacted_url
 from ccop.transport import OllamaTransport
 
-__all__ = ["CONNECT_TIMEOUT", "ChatSender", "create_client", "error_from_response", "unreachable"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "ChatSender",
+    "create_client",
+    "error_from_response",
+    "ollama_endpoint",
+    "read_error_body",
+    "unreachable",
+]
 
 # Ollama runs next to the proxy: if it does not accept a connection within seconds it is not running.
 CONNECT_TIMEOUT = 5.0
+# How much of an error answer's body is read: Ollama's message is a short JSON object, and the rest of a huge (or
+# endless) body from a misbehaving server must cost neither memory nor time. The connection is closed, not drained.
+ERROR_BODY_LIMIT = 8192
+# The longest Ollama error message passed on to the client.
+_MESSAGE_CHARS = 2000
 _CONTEXT_OVERFLOW = re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)")
 
 
-def create_client(ollama_url: str) -> tuple[httpx.AsyncClient, OllamaTransport]:
+def ollama_endpoint(ollama_url: str, api_key: str | None = None) -> tuple[httpx.URL, dict[str, str]]:
+    """The base URL to reach Ollama at, and the credentials every request to it carries, as a header.
+
+    Credentials in the URL (`http://user:pass@host`) become Basic authentication and `api_key` a Bearer token (it
+    wins over the URL's). As a default header of the client they go on every request, including the chat requests
+    `ChatSender` sends past httpx's own authentication step, and they stay out of the URL that errors and logs show.
+    """
+    url = httpx.URL(ollama_url)
+    headers: dict[str, str] = {}
+    if url.username or url.password:
+        pair = f"{url.username}:{url.password}".encode()
+        headers["authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        url = url.copy_with(username=None, password=None)
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return url, headers
+
+
+def create_client(ollama_url: str, api_key: str | None = None) -> tuple[httpx.AsyncClient, OllamaTransport]:
     """The worker's client to Ollama, and its transport (the connection pool) for `ChatSender`."""
     # No read timeout: loading a model and reading a long prompt can take minutes, and the stream's own idle
     # watchdog decides when silence means failure. `trust_env=False` keeps HTTP(S)_PROXY settings meant for the
@@ -34,9 +67,10 @@ def create_client(ollama_url: str) -> tuple[httpx.AsyncClient, OllamaTransport]:
     transport = OllamaTransport(max_idle=256, idle_expiry=30.0)
     # The answer is relayed as the raw bytes Ollama sent: a compressing reverse proxy in front of Ollama must not
     # compress it.
-    headers = {"accept-encoding": "identity", "user-agent": f"ccop/{__version__}"}
+    base_url, credentials = ollama_endpoint(ollama_url, api_key)
+    headers = {"accept-encoding": "identity", "user-agent": f"ccop/{__version__}", **credentials}
     client = httpx.AsyncClient(
-        base_url=ollama_url, timeout=timeout, transport=transport, headers=headers, trust_env=False
+        base_url=base_url, timeout=timeout, transport=transport, headers=headers, trust_env=False
     )
     return client, transport
 
@@ -46,7 +80,8 @@ class ChatSender:
 
     Chat requests need none of what `AsyncClient.send` adds around the transport (authentication, redirects,
     cookies, event hooks), and skipping it takes a noticeable share of the proxy's added time to first token.
-    The request itself is still built by the client, so URL, headers and timeouts are the client's.
+    The request itself is still built by the client, so URL, headers (the credentials to Ollama among them, see
+    `ollama_endpoint`) and timeouts are the client's.
     """
 
     def __init__(self, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport) -> None:
@@ -67,9 +102,19 @@ class ChatSender:
 def unreachable(ollama_url: str, exc: Exception) -> UpstreamError:
     reason = str(exc) or type(exc).__name__
     return UpstreamError(
-        f"Ollama is not reachable at {ollama_url} ({reason}). Start it with `ollama serve`, or point the proxy at "
-        "the right server with --ollama-url."
+        f"Ollama is not reachable at {redacted_url(ollama_url)} ({reason}). Start it with `ollama serve`, or point the "
+        "proxy at the right server with --ollama-url."
     )
+
+
+async def read_error_body(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
+    """At most `limit` bytes of an error answer's body; the caller then closes the response and its connection."""
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk[: limit - len(body)]
+        if len(body) >= limit:
+            break
+    return bytes(body)
 
 
 def _ollama_message(body: bytes) -> str:
@@ -79,7 +124,7 @@ def _ollama_message(body: bytes) -> str:
         return body.decode("utf-8", "replace").strip()[:500] or "no details"
     if isinstance(data, dict) and "error" in data:
         error = data["error"]
-        return error if isinstance(error, str) else orjson.dumps(error).decode()
+        return error[:_MESSAGE_CHARS] if isinstance(error, str) else orjson.dumps(error).decode()[:_MESSAGE_CHARS]
     return body.decode("utf-8", "replace")[:500]
 
 
