@@ -12,6 +12,7 @@
 //! - [`sse`]: Anthropic server-sent-event frame encoding;
 //! - [`stream`]: the Ollama → Anthropic translation state machine (streaming and non-streaming);
 //! - [`tokens`]: the cheap token estimator used for `count_tokens` and `message_start`;
+//! - [`nesting`]: how deeply a request body nests, for the nesting limit;
 //! - [`json`]: small serde helpers shared by the parsers;
 //! - [`errors`]: the shared [`CoreError`](errors::CoreError).
 //!
@@ -24,6 +25,7 @@ pub mod errors;
 pub mod heal;
 pub mod json;
 pub mod ndjson;
+pub mod nesting;
 pub mod schema;
 pub mod sse;
 pub mod stream;

@@ -17,6 +17,7 @@ use crate::chunked;
 use crate::errors;
 use crate::heal;
 use crate::ndjson::LineSplitter;
+use crate::nesting;
 use crate::schema::ToolSet;
 use crate::sse;
 use crate::stream::{Translator, TranslatorOptions};
@@ -80,6 +81,18 @@ fn count_request_tokens(py: Python<'_>, body: &[u8]) -> PyResult<usize> {
         tokens::count_request(body)
     };
     Ok(count?)
+}
+
+/// The deepest nesting of arrays and objects in a JSON text (0 for a scalar); brackets in strings do not count.
+#[pyfunction]
+#[pyo3(signature = (json, /))]
+fn json_nesting_depth(py: Python<'_>, json: &[u8]) -> usize {
+    if json.len() > DETACH_ABOVE {
+        // Whole request bodies of up to 32 MiB: the same reasoning as `count_request_tokens`.
+        py.detach(|| nesting::nesting_depth(json))
+    } else {
+        nesting::nesting_depth(json)
+    }
 }
 
 /// Heal tool-call arguments into a JSON object; returns (compact JSON bytes, healing kind).
@@ -347,7 +360,7 @@ mod _core {
     #[pymodule_export]
     use super::{
         ChunkedDecoder, CoreError, InvalidJsonError, LineTooLongError, NdjsonSplitter, StreamTranslator,
-        count_request_tokens, count_tokens, encode_sse, heal_tool_arguments,
+        count_request_tokens, count_tokens, encode_sse, heal_tool_arguments, json_nesting_depth,
     };
     use pyo3::prelude::*;
 

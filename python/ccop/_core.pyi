@@ -23,6 +23,7 @@ __all__ = [
     "count_tokens",
     "encode_sse",
     "heal_tool_arguments",
+    "json_nesting_depth",
     "__version__",
 ]
 
@@ -66,6 +67,19 @@ def count_request_tokens(body: bytes, /) -> int:
     Raises:
         InvalidJsonError: The body is not valid JSON, not an object, or has ``messages``/``tools`` of the wrong
             kind.
+    """
+
+def json_nesting_depth(json: bytes, /) -> int:
+    """How deeply a JSON text nests its arrays and objects.
+
+    Brackets inside strings do not count; the text is not validated (for text that is not JSON the result is still
+    a number). Texts over 64 KiB are scanned with the interpreter released.
+
+    Args:
+        json: The raw JSON text, e.g. a request body.
+
+    Returns:
+        The deepest nesting: 0 for a scalar, 1 for ``{}`` or ``[1, 2]``, 2 for ``{"a": []}``.
     """
 
 def heal_tool_arguments(arguments: str | bytes, /) -> tuple[bytes, str]:
