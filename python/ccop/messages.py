@@ -26,7 +26,7 @@ from ccop.settings import Settings
 from ccop.streaming import ClientGone, RelayOutcome, SseStream, drain, idle_watchdog, relay, watch_disconnect
 from ccop.translate import ChatPlan, ModelTraits, build_chat_request
 from ccop.upstream import ChatSender, error_from_response, unreachable
-from ccop.validation import validate_count_tokens_request, validate_messages_request
+from ccop.validation import parse_request_body, validate_count_tokens_request, validate_messages_request
 
 __all__ = ["MessagesService", "RequestRecord"]
 
@@ -57,15 +57,6 @@ class RequestRecord:
     outcome: str = "ok"
     # Claude Code's label for the request (`x-claude-code-request-class`: main, subagent, compaction, …), or "-".
     request_class: str = "-"
-
-
-def _parse_json(body: bytes) -> Any:
-    if not body:
-        raise InvalidRequest("request body is empty; send a JSON object")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 
 async def _count(body: bytes) -> int:
@@ -125,7 +116,7 @@ class MessagesService:
         )
 
     async def count_tokens(self, body: bytes, send: Send, request_id: str, record: RequestRecord) -> None:
-        request = validate_count_tokens_request(_parse_json(body))
+        request = validate_count_tokens_request(parse_request_body(body))
         record.model = request["model"]
         # No Ollama call here: count_tokens must stay fast, and a model that is not installed still has a count.
         record.ollama_model = map_model(request["model"], self.settings.model_map, self.settings.default_model)
@@ -136,7 +127,7 @@ class MessagesService:
         )
 
     async def create(self, body: bytes, receive: Receive, send: Send, request_id: str, record: RequestRecord) -> None:
-        request = validate_messages_request(_parse_json(body))
+        request = validate_messages_request(parse_request_body(body))
         record.model = request["model"]
         ollama_model, info = await self._choose_model(request)
         record.ollama_model = ollama_model

@@ -89,20 +89,32 @@ def _image_data(block: dict[str, Any], where: str) -> str:
 
 
 def _document_text(block: dict[str, Any], notes: list[str]) -> str:
-    raw_source = block.get("source")
-    source: dict[str, Any] = raw_source if isinstance(raw_source, dict) else {}
-    title = block.get("title") if isinstance(block.get("title"), str) else None
+    """A validated `document` block as text: its own text where the request carries it, else a note saying why not."""
+    source = block["source"]
+    title = block.get("title")
     header = f"[document: {title}]" if title else "[document]"
     context = block.get("context")
-    prefix = header + (f"\n{context}" if isinstance(context, str) and context else "")
-    kind = source.get("type")
-    if kind == "text" and isinstance(source.get("data"), str):
+    prefix = header + (f"\n{context}" if context else "")
+    kind = source["type"]
+    if kind == "text":
         return f"{prefix}\n{source['data']}"
-    if kind == "content" and isinstance(source.get("content"), list):
-        texts = [b.get("text", "") for b in source["content"] if isinstance(b, dict) and b.get("type") == "text"]
-        return prefix + "\n" + "\n".join(texts)
-    notes.append(f"document ({kind or 'unknown source'}) replaced by a note")
-    return f"{header} [the document's {kind or 'unknown'} content cannot be passed to Ollama and was left out]"
+    if kind == "content":
+        content = source["content"]
+        if isinstance(content, str):
+            return f"{prefix}\n{content}"
+        parts = []
+        for inner in content:
+            if inner["type"] == "text":
+                parts.append(inner["text"])
+            else:
+                notes.append("image inside a document replaced by a note")
+                parts.append("[image omitted: images inside a document cannot be passed to Ollama]")
+        return "\n".join([prefix, *parts])
+    notes.append(f"document ({kind}) replaced by a note")
+    if kind == "url":
+        # Ollama fetches nothing; the address at least tells the model what the user pointed at.
+        return f"{header} [the document at {source['url']} cannot be passed to Ollama and was left out]"
+    return f"{header} [the document's {kind} content cannot be passed to Ollama and was left out]"
 
 
 def _other_block_text(block: dict[str, Any], notes: list[str]) -> str:
@@ -115,10 +127,9 @@ def _other_block_text(block: dict[str, Any], notes: list[str]) -> str:
         # its definition is among the tools sent to Ollama (see `_loaded_tools`).
         return f"[tool {block['tool_name']} is loaded and can be called now]"
     if kind == "search_result":
-        texts = [b.get("text", "") for b in block.get("content", []) if isinstance(b, dict)]
-        title = block.get("title", "")
-        source = block.get("source", "")
-        return f"[search result: {title} ({source})]\n" + "\n".join(t for t in texts if isinstance(t, str))
+        # Validated: `title` and `source` are strings, `content` holds only text blocks.
+        texts = [inner["text"] for inner in block["content"]]
+        return "\n".join([f"[search result: {block['title']} ({block['source']})]", *texts])
     if isinstance(block.get("text"), str):
         notes.append(f"{kind} block kept as text")
         return str(block["text"])

@@ -4,6 +4,9 @@ Each failure is an `InvalidRequest` whose message names the field with a JSON-pa
 (`messages.2.content.0.text`), so a client author can find the problem without reading our code. Beyond shapes: a
 `thread` is refused (the proxy keeps no conversations), a structured-output schema must be one Ollama can turn into
 a grammar, and every tool result must answer a call of the assistant turn before it.
+
+Before any of that, `parse_request_body` turns the raw body into JSON and enforces the nesting limit
+(`MAX_NESTING`), so no later layer meets a value deeper than it can walk.
 """
 
 from __future__ import annotations
@@ -11,13 +14,27 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
+
+from ccop._core import json_nesting_depth
 from ccop.errors import InvalidRequest, ThreadUnsupported
 
-__all__ = ["validate_count_tokens_request", "validate_messages_request"]
+__all__ = ["MAX_NESTING", "parse_request_body", "validate_count_tokens_request", "validate_messages_request"]
+
+# How deeply arrays and objects may nest in a request body, counting the body itself (docs/API.md). Every layer after
+# validation has a limit of its own, and this one fits them all: the Rust core parses the offered tools with
+# serde_json, which stops at 128 levels (the tools array is one level below the body, so a body of 128 leaves it
+# 127, the most serde takes); orjson serialises at most 254 levels (the body sent to Ollama nests a `tool_use` input
+# one level deeper than the client did); the Python schema walks recurse once or twice per level; and orjson parses
+# at most 1024.
+MAX_NESTING = 128
+# How many leading fields of a too-deep value's path the error shows (the whole path is over 128 fields long).
+_SHOWN_PATH_FIELDS = 6
 
 _ROLES = ("user", "assistant", "system")
 _THINKING_TYPES = ("enabled", "disabled", "adaptive")
 _TOOL_CHOICE_TYPES = ("auto", "any", "tool", "none")
+_DOCUMENT_SOURCES = ("base64", "text", "content", "url", "file")
 # Go's int64 options overflow above this; nothing sensible needs more.
 _MAX_INT_OPTION = 2**31 - 1
 
@@ -81,6 +98,86 @@ def _check_text_blocks(blocks: list[Any], where: str) -> None:
             _require_str(block, "text", f"{field}.")
 
 
+def _check_image(block: dict[str, Any], prefix: str) -> None:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise _fail(f"{prefix}source", "an object", source)
+    source_type = _require_str(source, "type", f"{prefix}source.")
+    if source_type == "base64":
+        _require_str(source, "data", f"{prefix}source.", allow_empty=False)
+    elif source_type == "url":
+        _require_str(source, "url", f"{prefix}source.")
+
+
+def _check_optional_str(block: dict[str, Any], key: str, prefix: str) -> None:
+    if block.get(key) is not None and not isinstance(block[key], str):
+        raise _fail(f"{prefix}{key}", "a string", block[key])
+
+
+def _check_document(block: dict[str, Any], prefix: str) -> None:
+    """A `document`: its source says where the text is; translate.py turns each kind into text or a note."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        if "source" not in block:
+            _missing(f"{prefix}source")
+        raise _fail(f"{prefix}source", "an object", source)
+    where = f"{prefix}source."
+    kind = _require_str(source, "type", where)
+    if kind in ("base64", "text"):
+        _require_str(source, "data", where)
+    elif kind == "url":
+        _require_str(source, "url", where, allow_empty=False)
+    elif kind == "file":
+        _require_str(source, "file_id", where, allow_empty=False)
+    elif kind == "content":
+        content = source.get("content")
+        if not isinstance(content, (str, list)):
+            if "content" not in source:
+                _missing(f"{where}content")
+            raise _fail(f"{where}content", "a string or an array of content blocks", content)
+        for index, inner in enumerate(content if isinstance(content, list) else ()):
+            field = f"{where}content.{index}"
+            _check_block(inner, field)
+            if inner["type"] not in ("text", "image"):
+                raise InvalidRequest(
+                    f"{field}.type: a document's content holds text and image blocks, got {inner['type']!r}"
+                )
+    else:
+        raise InvalidRequest(f"{where}type: expected one of {', '.join(_DOCUMENT_SOURCES)}, got {kind!r}")
+    _check_optional_str(block, "title", prefix)
+    _check_optional_str(block, "context", prefix)
+
+
+def _check_search_result(block: dict[str, Any], prefix: str) -> None:
+    _require_str(block, "source", prefix)
+    _require_str(block, "title", prefix)
+    content = block.get("content")
+    if not isinstance(content, list):
+        if "content" not in block:
+            _missing(f"{prefix}content")
+        raise _fail(f"{prefix}content", "an array of text blocks", content)
+    for index, inner in enumerate(content):
+        field = f"{prefix}content.{index}"
+        if not isinstance(inner, dict):
+            raise _fail(field, "a text block object", inner)
+        kind = _require_str(inner, "type", f"{field}.")
+        if kind != "text":
+            raise InvalidRequest(f"{field}.type: a search result holds only text blocks, got {kind!r}")
+        _require_str(inner, "text", f"{field}.")
+
+
+def _check_tool_result(block: dict[str, Any], prefix: str) -> None:
+    _require_str(block, "tool_use_id", prefix)
+    content = block.get("content")
+    if content is not None and not isinstance(content, (str, list)):
+        raise _fail(f"{prefix}content", "a string or an array of content blocks", content)
+    if isinstance(content, list):
+        for index, inner in enumerate(content):
+            _check_block(inner, f"{prefix}content.{index}")
+    if "is_error" in block and not isinstance(block["is_error"], bool):
+        raise _fail(f"{prefix}is_error", "a boolean", block["is_error"])
+
+
 def _check_block(block: object, where: str) -> None:
     if not isinstance(block, dict):
         raise _fail(where, "a content block object", block)
@@ -91,29 +188,18 @@ def _check_block(block: object, where: str) -> None:
     elif kind == "thinking":
         _require_str(block, "thinking", prefix)
     elif kind == "image":
-        source = block.get("source")
-        if not isinstance(source, dict):
-            raise _fail(f"{prefix}source", "an object", source)
-        source_type = _require_str(source, "type", f"{prefix}source.")
-        if source_type == "base64":
-            _require_str(source, "data", f"{prefix}source.", allow_empty=False)
-        elif source_type == "url":
-            _require_str(source, "url", f"{prefix}source.")
+        _check_image(block, prefix)
     elif kind == "tool_use":
         _require_str(block, "id", prefix)
         _require_str(block, "name", prefix, allow_empty=False)
         if "input" in block and not isinstance(block["input"], (dict, str)):
             raise _fail(f"{prefix}input", "an object", block["input"])
     elif kind == "tool_result":
-        _require_str(block, "tool_use_id", prefix)
-        content = block.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise _fail(f"{prefix}content", "a string or an array of content blocks", content)
-        if isinstance(content, list):
-            for index, inner in enumerate(content):
-                _check_block(inner, f"{prefix}content.{index}")
-        if "is_error" in block and not isinstance(block["is_error"], bool):
-            raise _fail(f"{prefix}is_error", "a boolean", block["is_error"])
+        _check_tool_result(block, prefix)
+    elif kind == "document":
+        _check_document(block, prefix)
+    elif kind == "search_result":
+        _check_search_result(block, prefix)
 
 
 def _check_messages(messages: object) -> None:
@@ -141,6 +227,67 @@ def _check_messages(messages: object) -> None:
             _check_block(block, f"{where}.content.{block_index}")
 
 
+def _check_tools(tools: object) -> None:
+    if not isinstance(tools, list):
+        raise _fail("tools", "an array of tool definitions", tools)
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise _fail(f"tools.{index}", "a tool object", tool)
+        _require_str(tool, "name", f"tools.{index}.", allow_empty=False)
+        if "input_schema" in tool and not isinstance(tool["input_schema"], dict):
+            raise _fail(f"tools.{index}.input_schema", "a JSON Schema object", tool["input_schema"])
+        if "description" in tool and not isinstance(tool["description"], str):
+            raise _fail(f"tools.{index}.description", "a string", tool["description"])
+
+
+def _check_tool_choice(tool_choice: object) -> None:
+    if not isinstance(tool_choice, dict):
+        raise _fail("tool_choice", "an object", tool_choice)
+    choice = _require_str(tool_choice, "type", "tool_choice.")
+    if choice not in _TOOL_CHOICE_TYPES:
+        raise InvalidRequest(f"tool_choice.type: expected one of {', '.join(_TOOL_CHOICE_TYPES)}, got {choice!r}")
+    if choice == "tool":
+        _require_str(tool_choice, "name", "tool_choice.", allow_empty=False)
+    parallel = tool_choice.get("disable_parallel_tool_use")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise _fail("tool_choice.disable_parallel_tool_use", "a boolean", parallel)
+
+
+def _check_thinking(thinking: object) -> None:
+    if not isinstance(thinking, dict):
+        raise _fail("thinking", "an object", thinking)
+    kind = _require_str(thinking, "type", "thinking.")
+    if kind not in _THINKING_TYPES:
+        raise InvalidRequest(f"thinking.type: expected one of {', '.join(_THINKING_TYPES)}, got {kind!r}")
+    if "budget_tokens" in thinking:
+        _check_int(thinking["budget_tokens"], "thinking.budget_tokens", minimum=0)
+
+
+def _check_output_config(config: object) -> None:
+    """The container's shape; its `format` is checked with the messages body (`_check_output_format`)."""
+    if not isinstance(config, dict):
+        raise _fail("output_config", "an object", config)
+    effort = config.get("effort")
+    if effort is not None and not isinstance(effort, str):
+        raise _fail("output_config.effort", "a string such as 'high'", effort)
+
+
+def _check_metadata(metadata: object) -> None:
+    if not isinstance(metadata, dict):
+        raise _fail("metadata", "an object", metadata)
+    _check_optional_str(metadata, "user_id", "metadata.")
+
+
+# Top-level fields that may be absent or null, and the check of a value that is there.
+_OPTIONAL_FIELDS = (
+    ("tools", _check_tools),
+    ("tool_choice", _check_tool_choice),
+    ("thinking", _check_thinking),
+    ("output_config", _check_output_config),
+    ("metadata", _check_metadata),
+)
+
+
 def _check_common(body: object) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest(f"request body: expected a JSON object, got {_type_name(body)}")
@@ -151,36 +298,9 @@ def _check_common(body: object) -> dict[str, Any]:
         if not isinstance(system, list):
             raise _fail("system", "a string or an array of text blocks", system)
         _check_text_blocks(system, "system")
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise _fail("tools", "an array of tool definitions", tools)
-        for index, tool in enumerate(tools):
-            if not isinstance(tool, dict):
-                raise _fail(f"tools.{index}", "a tool object", tool)
-            _require_str(tool, "name", f"tools.{index}.", allow_empty=False)
-            if "input_schema" in tool and not isinstance(tool["input_schema"], dict):
-                raise _fail(f"tools.{index}.input_schema", "a JSON Schema object", tool["input_schema"])
-            if "description" in tool and not isinstance(tool["description"], str):
-                raise _fail(f"tools.{index}.description", "a string", tool["description"])
-    tool_choice = body.get("tool_choice")
-    if tool_choice is not None:
-        if not isinstance(tool_choice, dict):
-            raise _fail("tool_choice", "an object", tool_choice)
-        choice = _require_str(tool_choice, "type", "tool_choice.")
-        if choice not in _TOOL_CHOICE_TYPES:
-            raise InvalidRequest(f"tool_choice.type: expected one of {', '.join(_TOOL_CHOICE_TYPES)}, got {choice!r}")
-        if choice == "tool":
-            _require_str(tool_choice, "name", "tool_choice.", allow_empty=False)
-    thinking = body.get("thinking")
-    if thinking is not None:
-        if not isinstance(thinking, dict):
-            raise _fail("thinking", "an object", thinking)
-        kind = _require_str(thinking, "type", "thinking.")
-        if kind not in _THINKING_TYPES:
-            raise InvalidRequest(f"thinking.type: expected one of {', '.join(_THINKING_TYPES)}, got {kind!r}")
-        if "budget_tokens" in thinking:
-            _check_int(thinking["budget_tokens"], "thinking.budget_tokens", minimum=0)
+    for key, check in _OPTIONAL_FIELDS:
+        if body.get(key) is not None:
+            check(body[key])
     return body
 
 
@@ -319,7 +439,7 @@ class _FormatSchema:
             self.check_refs(self.root, self.where)
             self.visit(self.root, self.where)
         except RecursionError:
-            # orjson lets a body nest 1024 levels deep, more than this walk's Python stack allows.
+            # The body nests at most MAX_NESTING levels, but chains of `$ref`s can still take the walk deeper.
             raise InvalidRequest(f"{self.where}: the schema is nested too deeply") from None
 
     def target(self, ref: str) -> tuple[Any, str]:
@@ -473,9 +593,7 @@ class _FormatSchema:
 
 def _check_output_format(body: dict[str, Any]) -> None:
     """`output_config.format` (or its older top-level name `output_format`) is a JSON schema Ollama can take."""
-    config = body.get("output_config")
-    if config is not None and not isinstance(config, dict):
-        raise _fail("output_config", "an object", config)
+    config = body.get("output_config")  # an object or null (`_check_output_config`)
     in_config = config.get("format") if config else None
     legacy = body.get("output_format")
     if in_config is not None and legacy is not None:
@@ -501,6 +619,44 @@ def _check_output_format(body: dict[str, Any]) -> None:
             _missing(f"{where}.schema")
         raise _fail(f"{where}.schema", "a JSON Schema object", schema)
     _FormatSchema(schema, f"{where}.schema").check()
+
+
+def _too_deep(body: object) -> InvalidRequest:
+    """The error for a body nested deeper than MAX_NESTING, naming the start of the first path that goes too deep."""
+    where = "request body"
+    stack: list[tuple[object, tuple[str, ...]]] = [(body, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.items()
+        elif isinstance(value, list):
+            children = enumerate(value)
+        else:
+            continue
+        if len(path) >= MAX_NESTING:
+            where = ".".join(path[:_SHOWN_PATH_FIELDS]) + ".…"
+            break
+        stack.extend((child, (*path, str(key))) for key, child in reversed(list(children)))
+    return InvalidRequest(
+        f"{where}: nested more than {MAX_NESTING} levels deep; arrays and objects in a request may nest at most "
+        f"{MAX_NESTING} levels (counting the request body itself), so flatten this value"
+    )
+
+
+def parse_request_body(raw: bytes) -> Any:
+    """The JSON value of a request body, within the nesting limit; any other body is a 400."""
+    if not raw:
+        raise InvalidRequest("request body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # orjson gives up at 1024 levels with "depth limit exceeded"; the nesting limit is the thing to report.
+        if json_nesting_depth(raw) > MAX_NESTING:
+            raise _too_deep(None) from None
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if json_nesting_depth(raw) > MAX_NESTING:
+        raise _too_deep(body)
+    return body
 
 
 def validate_messages_request(body: object) -> dict[str, Any]:
