@@ -20,10 +20,11 @@ __all__ = ["configure_logging", "printable"]
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 # Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: each one becomes an escape.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-# The most of one value (a model name, a path, an error message) a log line shows.
+# The most of one value (a model name, a path, an error message) a log line shows. Debug records (only with
+# --verbose, which asks for the request bodies) are cut only by the message limit.
 LOG_VALUE_LIMIT = 1000
-# The most of one whole log message.
-LOG_MESSAGE_LIMIT = 16384
+# The most of one whole log message (more than the 20 kB of a request body --verbose logs).
+LOG_MESSAGE_LIMIT = 32768
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -44,7 +45,7 @@ class _Printable(logging.Filter):
     """Escapes and cuts every record's message on its way to the terminal or log file: one record, one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
+        if isinstance(record.args, tuple) and record.levelno > logging.DEBUG:
             record.args = tuple(printable(arg, LOG_VALUE_LIMIT) if isinstance(arg, str) else arg for arg in record.args)
         record.msg = printable(record.getMessage(), LOG_MESSAGE_LIMIT)
         record.args = None
