@@ -875,6 +875,9 @@ class Reply:
     hang_after_chunks: bool = False
     # If set, hold the done:true chunk until this event is set: lets concurrency tests keep streams open.
     hold_until: threading.Event | None = None
+    # If set (streaming only), send the response head at once but the first NDJSON line only once this event is
+    # set: Ollama answers the request at once, then reads a long prompt before its first token.
+    first_line_after: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -2109,6 +2112,8 @@ class OllamaDouble:
             headers.append(("Connection", "close"))
         streamer.set_phase("streaming")
         await streamer.write(_head(200, headers))
+        if reply.first_line_after is not None:
+            await self._hold(streamer, reply.first_line_after)
 
         def encode(item: Json | bytes) -> bytes:
             if isinstance(item, bytes):

@@ -38,6 +38,7 @@ from ccop.security import (
     with_cors,
 )
 from ccop.settings import Settings, redacted_url
+from ccop.streaming import watch_shutdown
 from ccop.upstream import ChatSender, create_client, unreachable
 
 __all__ = ["ProxyApp", "create_app"]
@@ -63,6 +64,8 @@ class ProxyApp:
 
     async def startup(self) -> None:
         self._open()
+        # Only in a served worker (the lifespan runs): SIGTERM then gives running answers their grace period.
+        watch_shutdown(self.settings.shutdown_grace)
 
     def _open(self) -> httpx.AsyncClient:
         client, transport = create_client(self.settings.ollama_url, self.settings.ollama_api_key)

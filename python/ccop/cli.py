@@ -7,6 +7,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -378,7 +379,10 @@ def _report_ollama_in_background(settings: Settings) -> None:
     the connection pool's) at that moment would leave the lock held forever in the worker.
     """
     environment = {**os.environ, SETTINGS_ENV: settings.to_json().decode()}
-    subprocess.Popen([sys.executable, "-m", "ccop.diagnostics"], env=environment, stdin=subprocess.DEVNULL)
+    child = subprocess.Popen([sys.executable, "-m", "ccop.diagnostics"], env=environment, stdin=subprocess.DEVNULL)
+    # Reaped when it ends, so it does not linger as a zombie for the life of the proxy. This thread only waits
+    # (no output, no shared locks), so it is harmless in the forked workers.
+    threading.Thread(target=child.wait, name="ccop-startup-check", daemon=True).start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -396,6 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(orjson.dumps(_shown_config(settings), option=orjson.OPT_INDENT_2).decode())
         return 0
+    from ccop.server import BindError, bind_address, serve
+
+    try:
+        # Checked before the banner: a port in use (by another ccop too) is one line and exit 1, never "listening".
+        address = bind_address(settings)
+    except BindError as exc:
+        print(f"ccop: {exc}", file=sys.stderr)
+        return 1
     print(banner(settings), flush=True)
     if not _is_loopback(settings.host) and not settings.api_key:
         print(
@@ -404,11 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     _report_ollama_in_background(settings)
-
-    from ccop.server import serve
-
     try:
-        serve(settings)
+        serve(settings, address)
     except KeyboardInterrupt:
         pass
     return 0

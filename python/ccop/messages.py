@@ -322,7 +322,7 @@ class MessagesService:
 
             # Phase 2: relay the answer, watching the client and the upstream's silence.
             pump = asyncio.create_task(relay(response, translator, sse.write if sse else None, outcome))
-            idle = asyncio.create_task(idle_watchdog(outcome, self.settings.idle_timeout))
+            idle = asyncio.create_task(idle_watchdog(outcome, self.settings.idle_timeout, sse))
             tasks += [pump, idle]
             watched: set[asyncio.Task[Any]] = {pump, disconnected, idle}
             finished, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
@@ -333,10 +333,8 @@ class MessagesService:
                 if disconnected in finished:
                     record.outcome = "client disconnected mid-answer"
                     return
-                raise UpstreamError(
-                    f"Ollama sent nothing for {self.settings.idle_timeout:g} s; the answer was abandoned "
-                    "(raise --idle-timeout if the model needs longer to load)"
-                )
+                # Why the watchdog gave up: Ollama's silence, a client that stopped reading, or a shutdown.
+                raise idle.result()
             try:
                 tail = pump.result()
             except httpx.TransportError as exc:

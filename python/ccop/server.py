@@ -1,19 +1,137 @@
-"""Running the app under Granian: the only module that imports it."""
+"""Running the app under Granian: the only module that imports it.
+
+Besides starting Granian, this module owns what happens around the workers:
+- the address: a host name such as `localhost` is resolved here, and a port that is already in use (by another
+  `ccop` too: Granian binds with SO_REUSEPORT, which would let two proxies share a port and alternate answers) is
+  refused before anything is printed as "listening";
+- worker deaths: a worker killed by the OOM killer or `kill -9` is replaced, the others keep serving;
+- stopping: the first Ctrl-C / SIGTERM lets running answers finish for `--shutdown-grace` seconds (the workers
+  then end what is left with an SSE error, see `streaming.py`); a second one stops at once.
+"""
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import resource
+import socket
+import sys
+from pathlib import Path
+from typing import Any
 
 from ccop.settings import SETTINGS_ENV, Settings
 
-__all__ = ["connection_limit", "serve"]
+__all__ = ["BindError", "bind_address", "connection_limit", "port_holder", "serve"]
 
+# How long after `--shutdown-grace` the main process waits before killing a worker: the worker ends its remaining
+# streams with an error event when the grace period is over, and needs a moment to send those frames.
+_KILL_MARGIN = 3
+# TCP states in /proc/net/tcp: 0A is LISTEN.
+_LISTEN = "0A"
 # File descriptors each worker keeps for itself (its connections to Ollama, logs, libraries) beyond client connections.
 _FD_RESERVE = 512
 # Never ask for more open files than this, even when the hard limit allows it.
 _FD_CEILING = 65536
+
+
+class BindError(Exception):
+    """The proxy cannot listen where it was asked to; the message is one line that says what to change."""
+
+
+def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """The address family and IP to bind for `host`, which may be a name (`localhost`) or an IP (`::1`, `[::1]`)."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BindError(f"cannot resolve --host {host} ({exc.strerror}); use an IP address such as 127.0.0.1") from None
+    # IPv4 first: `localhost` often resolves to ::1 and 127.0.0.1, and clients reach 127.0.0.1 either way.
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    family, _, _, _, address = infos[0]
+    return family, str(address[0])
+
+
+def _socket_inodes(port: int) -> set[str]:
+    """Inodes of the listening sockets on `port`, from the kernel's socket tables."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def port_holder(port: int) -> tuple[int, str] | None:
+    """The process listening on `port` (pid and command line), when /proc lets us see it.
+
+    A Granian worker holds the socket, but its parent is the process to stop: forked workers share their parent's
+    command line, so the walk goes up while the command line stays the same.
+    """
+    inodes = {f"socket:[{inode}]" for inode in _socket_inodes(port)}
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
+        except OSError:
+            continue  # gone, or another user's process
+        if links & inodes:
+            pid = int(entry.name)
+            command = _command_line(pid)
+            while (parent := _parent(pid)) > 1 and _command_line(parent) == command:
+                pid = parent
+            return pid, command
+    return None
+
+
+def bind_address(settings: Settings) -> str:
+    """The IP Granian should bind, after checking that nothing listens there yet; raises `BindError`."""
+    family, address = _resolve(settings.host, settings.port)
+    # A plain bind (no SO_REUSEPORT) fails when any socket listens on the port, a second ccop's included.
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT do not count
+        probe.bind((address, settings.port))
+    except OSError as exc:
+        raise BindError(_bind_failure(settings, address, exc)) from None
+    finally:
+        probe.close()
+    return address
+
+
+def _bind_failure(settings: Settings, address: str, exc: OSError) -> str:
+    where = f"{address}:{settings.port}" if settings.host == address else f"{settings.host} ({address}):{settings.port}"
+    if exc.errno == errno.EADDRINUSE:
+        holder = port_holder(settings.port)
+        by = f" by pid {holder[0]} ({holder[1][:80]})" if holder else ""
+        return f"port {settings.port} is already in use{by}; stop that process, or choose another port with --port"
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on {where}; choose a port above 1023 with --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{address} is not an address of this machine; change --host (127.0.0.1 for this machine only)"
+    return f"cannot listen on {where} ({exc.strerror or exc}); change --host or --port"
 
 
 def connection_limit() -> int:
@@ -35,20 +153,58 @@ def connection_limit() -> int:
     return max(64, usable - _FD_RESERVE)
 
 
-def serve(settings: Settings) -> None:
-    """Serve until interrupted, with `settings.workers` worker processes on one port."""
+def _say(text: str) -> None:
+    print(f"ccop: {text}", file=sys.stderr, flush=True)
+
+
+def _server_class() -> type[Any]:
+    """Granian's server, with ccop's messages on worker deaths and the second Ctrl-C."""
     from granian import Granian
+
+    class Server(Granian):  # type: ignore[misc,valid-type]
+        grace: float = 0.0
+
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            if self.interrupt_signal:
+                # The second Ctrl-C (a terminal sends SIGINT to the workers too, so only the main process counts).
+                _say("stopping now")
+                for worker in list(self.wrks):
+                    worker.kill()
+                return
+            _say(f"shutting down: running answers have {self.grace:g} s to finish (press Ctrl-C again to stop at once)")
+            super().signal_handler_interrupt(*args, **kwargs)
+
+        def _respawn_workers(self, workers: list[int], *args: Any, **kwargs: Any) -> None:
+            for index in workers:
+                worker = self.wrks[index]
+                code = worker.inner.exitcode
+                if code is None:
+                    continue  # a planned respawn of a live worker
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                _say(f"worker {index + 1} (pid {worker.inner.pid}) {how}; starting a replacement")
+            super()._respawn_workers(workers, *args, **kwargs)
+
+    return Server
+
+
+def serve(settings: Settings, address: str | None = None) -> None:
+    """Serve until interrupted, with `settings.workers` worker processes on one port.
+
+    `address` is what `bind_address` returned; without it the check is made here (raises `BindError`).
+    """
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
+    if address is None:
+        address = bind_address(settings)
     # Workers are separate processes that import the app afresh: the resolved settings reach them here.
     os.environ[SETTINGS_ENV] = settings.to_json().decode()
-    Granian(
+    server = _server_class()(
         # The app behind the request guard: body size, stalled and broken bodies (request_guard.py).
         "ccop.request_guard:create_app",
         factory=True,
-        address=settings.host,
+        address=address,
         port=settings.port,
         interface=Interfaces.ASGI,
         workers=settings.workers,
@@ -66,12 +222,29 @@ def serve(settings: Settings) -> None:
         backpressure=connection_limit(),
         log_level=LogLevels.debug if settings.verbose else LogLevels.warning,
         log_access=False,
-        # SIGTERM lets running answers finish; after the grace period the workers are stopped, which closes their
+        # A worker that dies (the OOM killer, kill -9) is replaced; the others serve on meanwhile. Granian still
+        # gives up when the same worker dies again within seconds of its replacement (a crash loop).
+        respawn_failed_workers=True,
+        # SIGTERM lets running answers finish; after the grace period the workers end the rest with an error event
+        # (streaming.py) and stop; one that still has not stopped a little later is killed, which closes its
         # connections to Ollama, so it stops generating.
-        workers_kill_timeout=math.ceil(settings.shutdown_grace),
-    ).serve()
+        workers_kill_timeout=math.ceil(settings.shutdown_grace) + _KILL_MARGIN,
+    )
+    server.grace = settings.shutdown_grace
+    server.serve()
+
+
+def _main() -> int:
+    # `ccop claude` starts the proxy this way, with the resolved settings in CCOP_SETTINGS.
+    try:
+        serve(Settings.for_worker())
+    except BindError as exc:
+        _say(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 if __name__ == "__main__":
-    # `ccop claude` starts the proxy this way, with the resolved settings in CCOP_SETTINGS.
-    serve(Settings.for_worker())
+    sys.exit(_main())

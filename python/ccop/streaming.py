@@ -7,13 +7,20 @@ Around that path three watchers run for the life of the request:
 - the client: an `http.disconnect` (Esc in Claude Code, a closed socket) cancels the upstream request at once, so
   Ollama stops generating for nobody;
 - silence: `ping` events keep the client's connection alive while Ollama loads the model or reads the prompt;
-- the idle limit: an upstream that sends nothing for too long ends the stream with an `error` event.
+- the idle limit: an upstream that sends nothing for too long ends the stream with an `error` event; a client that
+  stops reading is told apart from it (the relay then waits for the client, not for Ollama).
+
+On SIGTERM / Ctrl-C the worker lets running answers go on for `--shutdown-grace` seconds (`watch_shutdown`); the
+answers still running then end with an `error` event saying the proxy is shutting down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,15 +29,45 @@ import httpx
 
 from ccop._core import StreamTranslator, encode_sse
 from ccop._types import Receive, Send
-from ccop.errors import ProxyError, error_event
+from ccop.errors import ProxyError, UpstreamError, error_event
 
-__all__ = ["ClientGone", "RelayOutcome", "SseStream", "drain", "idle_watchdog", "relay", "watch_disconnect"]
+__all__ = [
+    "ClientGone",
+    "ClientStalled",
+    "RelayOutcome",
+    "ShuttingDown",
+    "SseStream",
+    "drain",
+    "idle_watchdog",
+    "relay",
+    "watch_disconnect",
+    "watch_shutdown",
+]
+
+logger = logging.getLogger("ccop.shutdown")
 
 PING_FRAME = encode_sse("ping", b'{"type":"ping"}')
+# When Ollama's response head came at once, `message_start` waits this long for the first token to leave with it;
+# a first token that takes longer (a long prompt to read) must not keep the client waiting for a ping interval.
+FIRST_FRAMES_WAIT = 0.25
+# After the grace period, how long the running answers get to send their error event before the worker goes on.
+_END_WAIT = 2.0
 
 
 class ClientGone(Exception):
     """The client disconnected; nothing more can be sent to it."""
+
+
+class ClientStalled(ProxyError):
+    """The client stopped reading the stream; the answer is abandoned without blaming Ollama."""
+
+    status = 408
+
+
+class ShuttingDown(ProxyError):
+    """The worker is stopping and the grace period is over."""
+
+    status = 503
 
 
 @dataclass
@@ -97,6 +134,8 @@ class SseStream:
         self._first_handed_over = False
         self.started = False
         self.closed = False
+        # Since when the relay has been waiting for the client to read (None: it is not waiting).
+        self.waiting_since: float | None = None
 
     async def start(self, first_frames: bytes, *, with_first_content: bool = False) -> None:
         """Send the response head and `first_frames` (message_start).
@@ -116,6 +155,8 @@ class SseStream:
         self.started = True
         if with_first_content:
             self._pending += first_frames
+            # The ping timer sends them on their own if the first token is slow to come.
+            self._last_send = time.monotonic() - self._ping_interval + FIRST_FRAMES_WAIT
         elif first_frames:
             await self._guarded(self._send({"type": "http.response.body", "body": first_frames, "more_body": True}))
         self._writer = asyncio.create_task(self._write_loop())
@@ -137,7 +178,11 @@ class SseStream:
             await asyncio.sleep(0)
         if len(self._pending) > self.HIGH_WATER:
             self._drained.clear()
-            await self._drained.wait()
+            self.waiting_since = time.monotonic()
+            try:
+                await self._drained.wait()
+            finally:
+                self.waiting_since = None
             if self._failure is not None:
                 raise self._failure
 
@@ -153,12 +198,16 @@ class SseStream:
         if self.closed:
             return
         self.closed = True
+        self.waiting_since = None
         body = bytes(self._pending) + final_frames
         self._pending.clear()
         if self._failure is None:
             await self._guarded(self._send({"type": "http.response.body", "body": body, "more_body": False}))
 
     async def fail(self, error: ProxyError) -> None:
+        if isinstance(error, ClientStalled):
+            # Nothing more can reach a client that does not read: stop without another send, which would only wait.
+            self._failure = ClientGone(error.message)
         await self.close(error_event(error.error_type, error.message, self._request_id))
 
     async def _write_loop(self) -> None:
@@ -219,6 +268,8 @@ async def relay(
         frames = translator.feed(chunk)
         if write is not None and frames:
             await write(frames)
+            # Ollama's silence counts from when the relay can read again: a slow client is not Ollama's fault.
+            outcome.last_chunk_at = time.monotonic()
         if translator.stopped or translator.error is not None:
             # Ollama may still be generating: the caller closes the connection, which stops it.
             break
@@ -232,10 +283,121 @@ async def relay(
     return tail
 
 
-async def idle_watchdog(outcome: RelayOutcome, idle_timeout: float) -> None:
-    """Returns once the upstream has been silent for `idle_timeout` seconds (model load time included)."""
-    while True:
-        remaining = outcome.last_chunk_at + idle_timeout - time.monotonic()
-        if remaining <= 0:
+async def idle_watchdog(outcome: RelayOutcome, idle_timeout: float, stream: SseStream | None = None) -> ProxyError:
+    """Returns why the answer must be abandoned, once it must: the error to log and, if it can, tell the client.
+
+    - Ollama has sent nothing for `idle_timeout` seconds (model load time included);
+    - the client has read nothing for `idle_timeout` seconds while the relay waited for it (`stream.waiting_since`):
+      that silence is the client's, and Ollama is not blamed for it;
+    - the worker is shutting down and the grace period is over.
+    """
+    shutdown = _shutdown()
+    shutdown.running += 1
+    try:
+        while True:
+            now = time.monotonic()
+            waiting_since = stream.waiting_since if stream is not None else None
+            if waiting_since is not None:
+                remaining = waiting_since + idle_timeout - now
+                if remaining <= 0:
+                    return ClientStalled(f"the client read nothing for {idle_timeout:g} s; the answer was abandoned")
+            else:
+                remaining = outcome.last_chunk_at + idle_timeout - now
+                if remaining <= 0:
+                    return UpstreamError(
+                        f"Ollama sent nothing for {idle_timeout:g} s; the answer was abandoned "
+                        "(raise --idle-timeout if the model needs longer to load)"
+                    )
+            if await shutdown.wait_for_end(remaining):
+                return ShuttingDown(
+                    f"the proxy is shutting down and this answer did not finish within its {shutdown.grace:g} s "
+                    "grace period; send the request again once the proxy is back"
+                )
+    finally:
+        shutdown.running -= 1
+        shutdown.changed.set()
+
+
+class _Shutdown:
+    """The worker's shutdown: running answers get `grace` seconds, then every watchdog ends its answer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.grace = 0.0
+        self.running = 0
+        self.started = False
+        # Set when the grace period is over; every running answer then ends.
+        self.over = asyncio.Event()
+        # Set whenever an answer finishes, so the shutdown sees the count fall.
+        self.changed = asyncio.Event()
+
+    async def wait_for_end(self, timeout: float) -> bool:
+        """Waits at most `timeout` seconds; True when the grace period is over."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.over.wait(), timeout)
+        return self.over.is_set()
+
+    async def run(self) -> None:
+        deadline = time.monotonic() + self.grace
+        if self.running:
+            logger.warning(
+                "shutting down: waiting up to %g s for %d running answer(s) to finish", self.grace, self.running
+            )
+        while self.running and (left := deadline - time.monotonic()) > 0:
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+        if not self.running:
             return
-        await asyncio.sleep(remaining)
+        logger.warning("shutting down: ending %d answer(s) still running after %g s", self.running, self.grace)
+        self.over.set()
+        ended = time.monotonic() + _END_WAIT
+        while self.running and (left := ended - time.monotonic()) > 0:
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+        # Let Granian write the last frames out before the worker exits.
+        await asyncio.sleep(0.1)
+
+
+_current: _Shutdown | None = None
+
+
+def _shutdown() -> _Shutdown:
+    """The shutdown state of the running event loop (one per worker; asyncio events belong to one loop)."""
+    global _current
+    loop = asyncio.get_running_loop()
+    if _current is None or _current.loop is not loop:
+        _current = _Shutdown(loop)
+    return _current
+
+
+def watch_shutdown(grace: float) -> None:
+    """In a worker: on SIGTERM or SIGINT, give running answers `grace` seconds, then end them with an error event.
+
+    Granian's own handlers (through the event loop's signal wake-up) still run and stop accepting connections;
+    this Python-level handler only adds the grace period. Granian waits for running requests before it stops the
+    worker, so without it a stream that outlives the grace period would be cut by the kill, with no error frame.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach only the main thread; an app served some other way keeps the server's handling
+    shutdown = _shutdown()
+    shutdown.grace = grace
+
+    def begin() -> None:
+        if not shutdown.started:
+            shutdown.started = True
+            task = shutdown.loop.create_task(shutdown.run())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
+    def on_signal(signum: int, frame: object) -> None:
+        # A signal handler may interrupt the loop anywhere: it only schedules the shutdown.
+        shutdown.loop.call_soon_threadsafe(begin)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+
+# Tasks are weakly referenced by the loop: this keeps the shutdown task alive until it is done.
+_BACKGROUND: set[asyncio.Task[None]] = set()
