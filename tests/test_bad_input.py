@@ -382,7 +382,9 @@ def _places(value: Any, depth: int = 0) -> Iterator[tuple[Any, Any]]:
 
 @st.composite
 def request(draw: st.DrawFn) -> dict[str, Any]:
-    body: dict[str, Any] = draw(clean_request)
+    # A copy: the strategies share some values between examples (`sampled_from` constants), and the fault must not
+    # leak into later examples.
+    body: dict[str, Any] = json.loads(json.dumps(draw(clean_request)))
     if draw(st.booleans()):
         container, key = draw(st.sampled_from(list(_places(body))))
         if isinstance(container, dict) and draw(st.booleans()):
