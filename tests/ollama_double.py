@@ -875,6 +875,12 @@ class Reply:
     hang_after_chunks: bool = False
     # If set, hold the done:true chunk until this event is set: lets concurrency tests keep streams open.
     hold_until: threading.Event | None = None
+    # With an error status (streaming only): pad the {"error": ...} body with trailing spaces to this many bytes.
+    error_body_size: int | None = None
+    # With an error status (streaming only): a chunked error body that never ends (spaces after the JSON).
+    endless_error_body: bool = False
+    # A model that ignores num_predict and never stops (streaming only): `content` again and again, no done chunk.
+    endless: bool = False
     # If set (streaming only), send the response head at once but the first NDJSON line only once this event is
     # set: Ollama answers the request at once, then reads a long prompt before its first token.
     first_line_after: threading.Event | None = None
@@ -2083,9 +2089,15 @@ class OllamaDouble:
     ) -> None:
         await streamer.pause(reply.first_byte_delay, "first_byte_delay")
         failure = self._error_of(reply)
+        if failure is not None and (reply.error_body_size is not None or reply.endless_error_body):
+            await self._large_error(req, streamer, failure, reply.error_body_size)
+            return
         if failure is not None:
             body = orjson.dumps({"error": failure[1]})
             await self._send_body(streamer.conn, req, failure[0], "application/json; charset=utf-8", body, streamer)
+            return
+        if reply.endless:
+            await self._endless_stream(req, streamer, reply, name)
             return
 
         plan = _plan_reply(reply, name, data, load_ns)
@@ -2164,6 +2176,48 @@ class OllamaDouble:
                 await emit(encode(item), last=ends and position == len(items) - 1)
         if reply.hang_after_chunks:
             await streamer.hang()
+
+    async def _large_error(
+        self, req: _HttpRequest, streamer: _Streamer, failure: tuple[int, str], size: int | None
+    ) -> None:
+        """An error answer of `size` bytes (None: endless, chunked), written 1 MiB at a time until the client leaves."""
+        status, message = failure
+        start = orjson.dumps({"error": message})
+        headers = [("Content-Type", "application/json; charset=utf-8"), ("Date", formatdate(usegmt=True))]
+        if size is None:
+            headers.append(("Transfer-Encoding", "chunked"))
+        else:
+            headers.append(("Content-Length", str(max(size, len(start)))))
+        streamer.set_phase("streaming")
+        await streamer.write(_head(status, headers))
+        piece = b" " * (1 << 20)
+        framed_piece = b"%x\r\n%s\r\n" % (len(piece), piece)
+        await streamer.write(b"%x\r\n%s\r\n" % (len(start), start) if size is None else start)
+        left = None if size is None else size - len(start)
+        while left is None or left > 0:
+            if left is None:
+                await streamer.write(framed_piece, counts=True)
+                continue
+            await streamer.write(piece[:left], counts=True, final=left <= len(piece))
+            left -= min(left, len(piece))
+
+    async def _endless_stream(self, req: _HttpRequest, streamer: _Streamer, reply: Reply, name: str) -> None:
+        """Content chunks forever (a model ignoring num_predict), 64 lines per TCP write, until the client leaves."""
+        headers = [("Content-Type", "application/x-ndjson"), ("Date", formatdate(usegmt=True))]
+        headers.append(("Transfer-Encoding", "chunked"))
+        streamer.set_phase("streaming")
+        await streamer.write(_head(200, headers))
+        text = reply.content or "again "
+        while True:
+            batch = bytearray()
+            for _ in range(64):
+                line = (
+                    orjson.dumps({"model": name, "created_at": _now(), "message": _message(text), "done": False})
+                    + b"\n"
+                )
+                batch += b"%x\r\n%s\r\n" % (len(line), line)
+            await streamer.write(bytes(batch), counts=True)
+            await streamer.pause(reply.delay_between)
 
     async def _hold(self, streamer: _Streamer, event: threading.Event) -> None:
         streamer.set_phase("hold")

@@ -21,11 +21,12 @@ from ccop.catalog import ModelCatalog, ModelInfo, not_installed
 from ccop.compaction import SUMMARY_ROOM, fit_compaction
 from ccop.errors import InvalidRequest, ProxyError, UpstreamError
 from ccop.models import map_model
+from ccop.output_limit import OutputLimit
 from ccop.responses import send_bytes, send_json
 from ccop.settings import Settings
 from ccop.streaming import ClientGone, RelayOutcome, SseStream, drain, idle_watchdog, relay, watch_disconnect
 from ccop.translate import ChatPlan, ModelTraits, build_chat_request
-from ccop.upstream import ChatSender, error_from_response, unreachable
+from ccop.upstream import ChatSender, error_from_response, read_error_body, unreachable
 from ccop.validation import parse_request_body, validate_count_tokens_request, validate_messages_request
 
 __all__ = ["MessagesService", "RequestRecord"]
@@ -42,6 +43,8 @@ _DEBUG_BYTES = 20_000
 RETRY_DELAYS = (0.25, 0.5, 1.0)
 # Counting a body this large is worth moving off the event loop (the Rust counter releases the interpreter).
 OFF_LOOP_BYTES = 1 << 20
+# Bodies from this size on are prepared one at a time per worker (see `MessagesService.create`).
+LARGE_BODY_BYTES = 1 << 20
 # Ollama has no data for these; everything else about the answer is in the translator.
 _ERROR_STATUS = {"invalid_request_error": 400, "overloaded_error": 529, "not_found_error": 404}
 
@@ -57,6 +60,16 @@ class RequestRecord:
     outcome: str = "ok"
     # Claude Code's label for the request (`x-claude-code-request-class`: main, subagent, compaction, …), or "-".
     request_class: str = "-"
+
+
+@dataclass
+class _Prepared:
+    """A request ready for Ollama: what `_run` and the bookkeeping after it need, and nothing of the parsed body."""
+
+    plan: ChatPlan
+    translator: StreamTranslator
+    ollama_model: str
+    raw_estimate: int
 
 
 async def _count(body: bytes) -> int:
@@ -88,6 +101,8 @@ class MessagesService:
         self.catalog = catalog
         # Tool calls seen by this worker, by how they had to be repaired ("unchanged": not at all), for /health.
         self.tool_calls: Counter[str] = Counter()
+        # Held while a large body is parsed and prepared (see `create`).
+        self._large_bodies = asyncio.Semaphore(1)
 
     async def _choose_model(self, request: dict[str, Any]) -> tuple[str, ModelInfo]:
         """The Ollama model that serves the request, and what it can do; unknown models fail here, before streaming."""
@@ -116,10 +131,10 @@ class MessagesService:
         )
 
     async def count_tokens(self, body: bytes, send: Send, request_id: str, record: RequestRecord) -> None:
-        request = validate_count_tokens_request(parse_request_body(body))
-        record.model = request["model"]
+        # Only the model name is kept: the parsed body (many times its size) is gone before the counting awaits.
+        record.model = validate_count_tokens_request(parse_request_body(body))["model"]
         # No Ollama call here: count_tokens must stay fast, and a model that is not installed still has a count.
-        record.ollama_model = map_model(request["model"], self.settings.model_map, self.settings.default_model)
+        record.ollama_model = map_model(record.model, self.settings.model_map, self.settings.default_model)
         raw = await _count(body)
         record.input_tokens = self.calibration.apply(record.ollama_model, raw)
         await send_json(
@@ -127,6 +142,22 @@ class MessagesService:
         )
 
     async def create(self, body: bytes, receive: Receive, send: Send, request_id: str, record: RequestRecord) -> None:
+        # Parsed, a body costs many times its size (32 MiB of tiny blocks: half a GiB), and preparing it waits on
+        # Ollama and on the counter thread, where other requests would parse theirs meanwhile. So large bodies are
+        # prepared one at a time per worker, and only the translated request outlives `_prepare`.
+        async with self._large_bodies if len(body) >= LARGE_BODY_BYTES else contextlib.nullcontext():
+            prepared = await self._prepare(body, request_id, record)
+        translator = prepared.translator
+        try:
+            await self._run(prepared.plan, translator, receive, send, request_id, record)
+        finally:
+            self._count_tool_calls(translator, request_id)
+            self.calibration.observe(prepared.ollama_model, prepared.raw_estimate, translator.prompt_eval_count)
+            record.input_tokens = translator.prompt_eval_count
+            record.output_tokens = translator.eval_count
+
+    async def _prepare(self, body: bytes, request_id: str, record: RequestRecord) -> _Prepared:
+        """Validate, map, translate and count: everything before Ollama is asked."""
         request = validate_messages_request(parse_request_body(body))
         record.model = request["model"]
         ollama_model, info = await self._choose_model(request)
@@ -169,13 +200,7 @@ class MessagesService:
             # Only tools the model was told about: they enable schema repair and recovering calls written as text.
             tools=orjson.dumps(plan.offered_tools) if plan.offered_tools else None,
         )
-        try:
-            await self._run(plan, translator, receive, send, request_id, record)
-        finally:
-            self._count_tool_calls(translator, request_id)
-            self.calibration.observe(ollama_model, raw_estimate, translator.prompt_eval_count)
-            record.input_tokens = translator.prompt_eval_count
-            record.output_tokens = translator.eval_count
+        return _Prepared(plan, translator, ollama_model, raw_estimate)
 
     def _plan(self, request: dict[str, Any], ollama_model: str, traits: ModelTraits) -> ChatPlan:
         return build_chat_request(
@@ -316,12 +341,13 @@ class MessagesService:
                 self.catalog.forget(plan.ollama_model)
                 raise not_installed(plan.ollama_model, await self.catalog.installed(), record.model)
             if response.status_code != 200:
-                raise error_from_response(response.status_code, await response.aread(), plan.ollama_model)
+                raise error_from_response(response.status_code, await read_error_body(response), plan.ollama_model)
             if sse is not None and not sse.started:
                 await sse.start(translator.start(), with_first_content=True)
 
             # Phase 2: relay the answer, watching the client and the upstream's silence.
-            pump = asyncio.create_task(relay(response, translator, sse.write if sse else None, outcome))
+            limit = OutputLimit(plan.max_tokens)
+            pump = asyncio.create_task(relay(response, translator, sse.write if sse else None, outcome, limit))
             idle = asyncio.create_task(idle_watchdog(outcome, self.settings.idle_timeout, sse))
             tasks += [pump, idle]
             watched: set[asyncio.Task[Any]] = {pump, disconnected, idle}
@@ -345,6 +371,8 @@ class MessagesService:
                 record.outcome = f"upstream error: {translator.error[1]}"
             elif translator.stopped:
                 record.outcome = "stop sequence"
+            elif outcome.capped:
+                record.outcome = f"Ollama went on past max_tokens ({plan.max_tokens}); the proxy ended the answer"
             if sse is not None:
                 await sse.close(tail)
                 return

@@ -125,7 +125,7 @@ def _bind_failure(settings: Settings, address: str, exc: OSError) -> str:
     where = f"{address}:{settings.port}" if settings.host == address else f"{settings.host} ({address}):{settings.port}"
     if exc.errno == errno.EADDRINUSE:
         holder = port_holder(settings.port)
-        by = f" by pid {holder[0]} ({holder[1][:80]})" if holder else ""
+        by = f" by pid {holder[0]} ({_shortened(holder[1])})" if holder else ""
         return f"port {settings.port} is already in use{by}; stop that process, or choose another port with --port"
     if exc.errno == errno.EACCES:
         return f"no permission to listen on {where}; choose a port above 1023 with --port"
@@ -151,6 +151,10 @@ def connection_limit() -> int:
             pass
     usable = _FD_CEILING if soft == resource.RLIM_INFINITY else soft
     return max(64, usable - _FD_RESERVE)
+
+
+def _shortened(command: str, limit: int = 80) -> str:
+    return command if len(command) <= limit else command[: limit - 1] + "…"
 
 
 def _say(text: str) -> None:
@@ -232,6 +236,7 @@ def serve(settings: Settings, address: str | None = None) -> None:
     )
     server.grace = settings.shutdown_grace
     server.serve()
+    _say("stopped")
 
 
 def _main() -> int:

@@ -136,6 +136,9 @@ class SseStream:
         self.closed = False
         # Since when the relay has been waiting for the client to read (None: it is not waiting).
         self.waiting_since: float | None = None
+        # An idle watchdog runs for this stream (the relay phase): at shutdown it, not the ping timer, ends it.
+        self.watched = False
+        self._shutdown: _Shutdown | None = None
 
     async def start(self, first_frames: bytes, *, with_first_content: bool = False) -> None:
         """Send the response head and `first_frames` (message_start).
@@ -159,6 +162,8 @@ class SseStream:
             self._last_send = time.monotonic() - self._ping_interval + FIRST_FRAMES_WAIT
         elif first_frames:
             await self._guarded(self._send({"type": "http.response.body", "body": first_frames, "more_body": True}))
+        self._shutdown = _shutdown()
+        self._shutdown.running += 1  # a running answer from here, for the shutdown's grace period
         self._writer = asyncio.create_task(self._write_loop())
         self._pinger = asyncio.create_task(self._ping_loop())
 
@@ -187,7 +192,8 @@ class SseStream:
                 raise self._failure
 
     async def close(self, final_frames: bytes = b"") -> None:
-        if self._pinger is not None:
+        self._release()
+        if self._pinger is not None and self._pinger is not asyncio.current_task():
             self._pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pinger
@@ -232,7 +238,14 @@ class SseStream:
         while not self.closed and self._failure is None:
             delay = self._last_send + self._ping_interval - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                shutdown = self._shutdown
+                if shutdown is None:
+                    await asyncio.sleep(delay)
+                elif await shutdown.wait_for_end(delay):
+                    if not self.watched:
+                        # Still waiting for Ollama's answer (no relay, no watchdog yet): end the stream here.
+                        await self.fail(shutdown.error())
+                    return
                 continue
             if self._pending:
                 self._wake.set()  # something is waiting (say, a deferred message_start): send it instead
@@ -241,12 +254,19 @@ class SseStream:
             # Until the writer has sent something, the deadline has not moved: wait a full interval again.
             self._last_send = max(self._last_send, time.monotonic())
 
+    def _release(self) -> None:
+        """This answer no longer runs, as far as the shutdown's grace period is concerned (once only)."""
+        if self._shutdown is not None:
+            self._shutdown.finished()
+            self._shutdown = None
+
     async def _guarded(self, sending: Awaitable[None]) -> None:
         try:
             await sending
         except (OSError, RuntimeError) as exc:
             # Granian raises once the peer is gone; from here on the request is only cleanup.
             self.closed = True
+            self._release()
             raise ClientGone from exc
 
 
@@ -292,7 +312,10 @@ async def idle_watchdog(outcome: RelayOutcome, idle_timeout: float, stream: SseS
     - the worker is shutting down and the grace period is over.
     """
     shutdown = _shutdown()
-    shutdown.running += 1
+    if stream is None:
+        shutdown.running += 1  # a stream counts as running from its start (see SseStream.start)
+    else:
+        stream.watched = True
     try:
         while True:
             now = time.monotonic()
@@ -309,13 +332,10 @@ async def idle_watchdog(outcome: RelayOutcome, idle_timeout: float, stream: SseS
                         "(raise --idle-timeout if the model needs longer to load)"
                     )
             if await shutdown.wait_for_end(remaining):
-                return ShuttingDown(
-                    f"the proxy is shutting down and this answer did not finish within its {shutdown.grace:g} s "
-                    "grace period; send the request again once the proxy is back"
-                )
+                return shutdown.error()
     finally:
-        shutdown.running -= 1
-        shutdown.changed.set()
+        if stream is None:
+            shutdown.finished()
 
 
 class _Shutdown:
@@ -330,6 +350,17 @@ class _Shutdown:
         self.over = asyncio.Event()
         # Set whenever an answer finishes, so the shutdown sees the count fall.
         self.changed = asyncio.Event()
+
+    def finished(self) -> None:
+        """One running answer is done."""
+        self.running -= 1
+        self.changed.set()
+
+    def error(self) -> ShuttingDown:
+        return ShuttingDown(
+            f"the proxy is shutting down and this answer did not finish within its {self.grace:g} s grace period; "
+            "send the request again once the proxy is back"
+        )
 
     async def wait_for_end(self, timeout: float) -> bool:
         """Waits at most `timeout` seconds; True when the grace period is over."""
