@@ -30,6 +30,7 @@ import httpx
 from ccop._core import StreamTranslator, encode_sse
 from ccop._types import Receive, Send
 from ccop.errors import ProxyError, UpstreamError, error_event
+from ccop.output_limit import OutputLimit
 
 __all__ = [
     "ClientGone",
@@ -81,6 +82,8 @@ class RelayOutcome:
     last_chunk_at: float = field(default_factory=time.monotonic)
     # What is left of a finished upstream body (its chunked terminator), for `drain`.
     rest: AsyncIterator[bytes] | None = None
+    # Ollama went on past `max_tokens` and the proxy ended the answer (`output_limit.py`).
+    capped: bool = False
 
 
 async def drain(outcome: RelayOutcome, timeout: float = 1.0) -> None:
@@ -275,10 +278,12 @@ async def relay(
     translator: StreamTranslator,
     write: Callable[[bytes], Awaitable[None]] | None,
     outcome: RelayOutcome,
+    limit: OutputLimit | None = None,
 ) -> bytes:
     """Feed the upstream body through the translator; returns the frames that end the stream.
 
-    `write` is None for a non-streaming client: the translator then only accumulates the message.
+    `write` is None for a non-streaming client: the translator then only accumulates the message. `limit` ends an
+    answer that runs past `max_tokens`.
     """
     chunks = response.aiter_raw()
     async for chunk in chunks:
@@ -296,6 +301,13 @@ async def relay(
         if translator.done:
             # Only the chunked terminator is left; `drain` reads it after the client has its answer.
             outcome.rest = chunks
+            break
+        if limit is not None and limit.exceeded(chunk):
+            # Ollama ignored num_predict: end the answer here; the caller closes the connection, which stops it.
+            frames = translator.feed(limit.done_line())
+            if write is not None and frames:
+                await write(frames)
+            outcome.capped = True
             break
     tail = translator.finish()
     outcome.error = translator.error
