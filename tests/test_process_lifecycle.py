@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ProxyProcess, Spawn, ccop_command
+from conftest import ProxyProcess, Spawn, ccop_command, start_proxy
 from ollama_double import OllamaDouble, Reply
 
 STREAM_BODY = {"model": "llama3.1", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -248,6 +248,16 @@ def test_host_may_be_a_name(spawn: Spawn) -> None:
     proxy = spawn("--host", "localhost")
     assert _answers(proxy)  # the conftest reaches it at 127.0.0.1
     assert f"listening on http://localhost:{proxy.port}" in proxy.log()
+
+
+def test_an_ipv6_host_is_bound_and_shown_as_a_url(ollama: OllamaDouble, tmp_path: Path) -> None:
+    proxy = start_proxy(ollama.url, tmp_path, "--host", "::1", wait=False)
+    proxy.host = "[::1]"
+    try:
+        assert _wait_until(lambda: _answers(proxy)), proxy.log()
+        assert f"listening on http://[::1]:{proxy.port}" in proxy.log()
+    finally:
+        proxy.stop()
 
 
 def test_an_unknown_host_name_is_one_line(ollama: OllamaDouble) -> None:

@@ -324,8 +324,10 @@ def banner(settings: Settings) -> str:
     workers = f"{settings.workers} worker" + ("s" if settings.workers != 1 else "")
     source = f" · config {settings.config_path}" if settings.config_path else ""
     ollama = redacted_url(settings.ollama_url)
+    # An IPv6 address takes brackets in a URL (http://[::1]:3000).
+    host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
     return (
-        f"ccop {__version__} listening on http://{settings.host}:{settings.port} → Ollama {ollama}"
+        f"ccop {__version__} listening on http://{host}:{settings.port} → Ollama {ollama}"
         f" · default model {settings.default_model} · {workers}{source}"
     )
 
