@@ -158,6 +158,16 @@ def test_a_stream_longer_than_the_connection_timeout_is_not_cut(spawn: Spawn, ol
     assert text == "slow and steady wins"
 
 
+def test_a_slow_non_streaming_answer_is_not_cut(spawn: Spawn, ollama: OllamaDouble) -> None:
+    # The client sends nothing while it waits for the whole message, longer than the connection timeout.
+    proxy = spawn("--default-model", "llama3.1", "--connection-timeout", "1")
+    ollama.enqueue(Reply(content="worth the wait", first_byte_delay=2.5))
+    headers = {"content-type": "application/json"}
+    response = httpx.post(f"{proxy.url}/v1/messages", content=MESSAGE, headers=headers, timeout=30.0, trust_env=False)
+    assert response.status_code == 200
+    assert response.json()["content"][0]["text"] == "worth the wait"
+
+
 @pytest.fixture
 def silent_connections() -> Iterator[list[socket.socket]]:
     sockets: list[socket.socket] = []
