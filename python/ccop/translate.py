@@ -130,10 +130,11 @@ def _other_block_text(block: dict[str, Any], notes: list[str]) -> str:
         # Validated: `title` and `source` are strings, `content` holds only text blocks.
         texts = [inner["text"] for inner in block["content"]]
         return "\n".join([f"[search result: {block['title']} ({block['source']})]", *texts])
+    # The type is the client's text: repr keeps a newline in it from starting a line of its own in the log.
     if isinstance(block.get("text"), str):
-        notes.append(f"{kind} block kept as text")
+        notes.append(f"{kind!r} block kept as text")
         return str(block["text"])
-    notes.append(f"{kind} block replaced by a note")
+    notes.append(f"{kind!r} block replaced by a note")
     return f"[{kind} block omitted: Ollama cannot represent it]"
 
 
