@@ -219,6 +219,14 @@ def test_search_results_become_text_also_inside_tool_results(web: httpx.Client, 
         assert sent["content"] == "[search result: Example (https://example.com)]\nParis is the capital.\nSince 508."
 
 
+def test_a_block_type_cannot_forge_a_log_line(web: httpx.Client, ollama: OllamaDouble) -> None:
+    # The note about the unknown block names its type; the autouse check fails if this starts a line of its own.
+    forged = "x\nTraceback (most recent call last):\n  y"
+    response = post(web, "/v1/messages", {"model": "llama3.1", "messages": user({"type": forged})})
+    assert response.status_code == 200, response.text
+    assert f"[{forged} block omitted" in ollama.chat_requests()[-1]["messages"][-1]["content"]
+
+
 # -- nesting -----------------------------------------------------------------------------------------------------
 
 
