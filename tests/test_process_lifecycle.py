@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ProxyProcess, Spawn, ccop_command, start_proxy
+from conftest import ProxyProcess, Spawn, ccop_command, free_port, start_proxy
 from ollama_double import OllamaDouble, Reply
 
 STREAM_BODY = {"model": "llama3.1", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -198,6 +198,39 @@ def test_a_second_interrupt_stops_at_once(
     proxy.process.wait(timeout=15)
     assert "ccop: stopping now" in proxy.log()
     never.set()
+
+
+def test_ctrl_c_in_the_terminal_while_the_start_up_check_waits_prints_no_traceback(tmp_path: Path) -> None:
+    # An "Ollama" that accepts connections and never answers: the start-up check is still waiting when Ctrl-C comes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        port = str(free_port())
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CCOP_")}
+        # Its own process group, standing for the terminal's foreground group that Ctrl-C signals as a whole.
+        process = subprocess.Popen(
+            [*ccop_command(), "--port", port, "--ollama-url", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+        try:
+            assert _wait_until(lambda: _children(process.pid)), "no workers started"
+            time.sleep(0.5)
+            os.killpg(process.pid, signal.SIGINT)
+            output, _ = process.communicate(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0
+    assert "Traceback" not in output, output
+    assert "KeyboardInterrupt" not in output
+    assert output.rstrip().endswith("ccop: stopped")
 
 
 # -- the address -----------------------------------------------------------------------------------------------------

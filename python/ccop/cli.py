@@ -374,17 +374,21 @@ def claude(argv: Sequence[str]) -> int:
     return launch(settings, args)
 
 
-def _report_ollama_in_background(settings: Settings) -> None:
+def _report_ollama_in_background(settings: Settings) -> subprocess.Popen[bytes]:
     """The start-up summary, so a slow or absent Ollama never delays serving.
 
     It runs in a child process, not a thread: Granian forks its workers, and a thread holding a lock (stdout's,
     the connection pool's) at that moment would leave the lock held forever in the worker.
     """
     environment = {**os.environ, SETTINGS_ENV: settings.to_json().decode()}
-    child = subprocess.Popen([sys.executable, "-m", "ccop.diagnostics"], env=environment, stdin=subprocess.DEVNULL)
+    # In its own session: a Ctrl-C in the terminal is for the proxy, and must not end the check with a traceback.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ccop.diagnostics"], env=environment, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     # Reaped when it ends, so it does not linger as a zombie for the life of the proxy. This thread only waits
     # (no output, no shared locks), so it is harmless in the forked workers.
     threading.Thread(target=child.wait, name="ccop-startup-check", daemon=True).start()
+    return child
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -417,9 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "your GPU and read the answers. Set --api-key (or CCOP_API_KEY), or keep --host 127.0.0.1.",
             flush=True,
         )
-    _report_ollama_in_background(settings)
+    check = _report_ollama_in_background(settings)
     try:
         serve(settings, address)
     except KeyboardInterrupt:
         pass
+    finally:
+        check.terminate()  # a check still waiting for Ollama has nothing left to report once the proxy stopped
     return 0
