@@ -146,7 +146,12 @@ class MessagesService:
         # Ollama and on the counter thread, where other requests would parse theirs meanwhile. So large bodies are
         # prepared one at a time per worker, and only the translated request outlives `_prepare`.
         async with self._large_bodies if len(body) >= LARGE_BODY_BYTES else contextlib.nullcontext():
-            prepared = await self._prepare(body, request_id, record)
+            try:
+                prepared = await self._prepare(body, request_id, record)
+            except ProxyError as error:
+                # Without its traceback: `_prepare`'s frame, and the parsed body in it, would live on in it (and
+                # the handler's reference cycle) while the next large body is already being parsed.
+                raise error.with_traceback(None) from None
         translator = prepared.translator
         try:
             await self._run(prepared.plan, translator, receive, send, request_id, record)
