@@ -2216,7 +2216,12 @@ class OllamaDouble:
                     + b"\n"
                 )
                 batch += b"%x\r\n%s\r\n" % (len(line), line)
-            await streamer.write(bytes(batch), counts=True)
+            # With split_every, in TCP writes of that many bytes: reads then end in the middle of lines.
+            step = reply.split_every if reply.split_every and reply.split_every > 0 else len(batch)
+            for start in range(0, len(batch), step):
+                if start:
+                    await streamer.pause(reply.split_pause)
+                await streamer.write(bytes(batch[start : start + step]), counts=True)
             await streamer.pause(reply.delay_between)
 
     async def _hold(self, streamer: _Streamer, event: threading.Event) -> None:

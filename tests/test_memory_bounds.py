@@ -125,6 +125,19 @@ def test_a_streamed_answer_that_never_stops_is_ended_at_max_tokens(spawn: Spawn,
     assert ollama.wait_for_disconnect(timeout=10.0)
 
 
+def test_an_endless_answer_read_in_pieces_is_ended_at_max_tokens(spawn: Spawn, ollama: OllamaDouble) -> None:
+    # Reads that end in the middle of a line: the answer is still cut at a line boundary, with whole text.
+    proxy = spawn("--default-model", "llama3.1")
+    ollama.enqueue(Reply(content="piece ", endless=True, split_every=50, split_pause=0.001))
+    response = post(proxy, message(max_tokens=100))
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["stop_reason"] == "max_tokens"
+    text = answer["content"][0]["text"]
+    assert text == "piece " * (len(text) // 6)
+    assert ollama.wait_for_disconnect(timeout=10.0)
+
+
 def tiny_blocks_body(blocks: int) -> bytes:
     """A valid body of `blocks` one-letter text blocks: small on the wire, large once parsed."""
     content = b",".join([b'{"type":"text","text":"a"}'] * blocks)

@@ -29,16 +29,16 @@ class OutputLimit:
         self.lines = 0
 
     def exceeded(self, chunk: bytes) -> bool:
-        """Count the lines `chunk` ends; true once past the limit at a line boundary (a done line can follow)."""
+        """Count the lines `chunk` ends; true once they are more than allowed (then `chunk` ends at least one)."""
         self.lines += chunk.count(b"\n")
-        return self.lines > self.allowed and chunk.endswith(b"\n")
+        return self.lines > self.allowed
 
-    def done_line(self) -> bytes:
-        """The done chunk Ollama should have sent at `num_predict`."""
+    def cut(self, chunk: bytes) -> bytes:
+        """What of `chunk` to feed instead: its complete lines, then the done chunk Ollama should have sent."""
         done = {
             "message": {"role": "assistant", "content": ""},
             "done": True,
             "done_reason": "length",
             "eval_count": max(self.lines, self.max_tokens),
         }
-        return orjson.dumps(done) + b"\n"
+        return chunk[: chunk.rfind(b"\n") + 1] + orjson.dumps(done) + b"\n"

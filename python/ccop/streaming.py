@@ -290,24 +290,21 @@ async def relay(
         outcome.last_chunk_at = time.monotonic()
         if outcome.first_chunk_at is None:
             outcome.first_chunk_at = outcome.last_chunk_at
+        if limit is not None and limit.exceeded(chunk):
+            # Ollama ignored num_predict: its whole lines up to here, then the done chunk it should have sent.
+            chunk = limit.cut(chunk)
+            outcome.capped = True
         frames = translator.feed(chunk)
         if write is not None and frames:
             await write(frames)
             # Ollama's silence counts from when the relay can read again: a slow client is not Ollama's fault.
             outcome.last_chunk_at = time.monotonic()
-        if translator.stopped or translator.error is not None:
+        if translator.stopped or translator.error is not None or outcome.capped:
             # Ollama may still be generating: the caller closes the connection, which stops it.
             break
         if translator.done:
             # Only the chunked terminator is left; `drain` reads it after the client has its answer.
             outcome.rest = chunks
-            break
-        if limit is not None and limit.exceeded(chunk):
-            # Ollama ignored num_predict: end the answer here; the caller closes the connection, which stops it.
-            frames = translator.feed(limit.done_line())
-            if write is not None and frames:
-                await write(frames)
-            outcome.capped = True
             break
     tail = translator.finish()
     outcome.error = translator.error
