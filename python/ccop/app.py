@@ -145,6 +145,9 @@ class ProxyApp:
             status = error.status
             record.outcome = error.message
             await send_error(send, error, request_id, head=head)
+            # `error` may be `raised`, whose traceback holds this frame: without this, every error answered would
+            # leave a reference cycle (with the request's parsed body in it) for the garbage collector.
+            del error
         except ClientDisconnected:
             status = 499
             record.outcome = "client disconnected while sending the request"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from ccop import __version__
 from ccop.diagnostics import probe
 from ccop.launch_args import LAUNCHER_HELP, LaunchUsageError, parse_launch_args
 from ccop.launcher import launch
+from ccop.security import is_loopback
 from ccop.settings import (
     CONFIG_FILE_NAME,
     DEFAULTS,
@@ -311,15 +311,6 @@ def _shown_config(settings: Settings) -> dict[str, Any]:
     return shown
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def banner(settings: Settings) -> str:
     workers = f"{settings.workers} worker" + ("s" if settings.workers != 1 else "")
     source = f" · config {settings.config_path}" if settings.config_path else ""
@@ -415,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ccop: {exc}", file=sys.stderr)
         return 1
     print(banner(settings), flush=True)
-    if not _is_loopback(settings.host) and not settings.api_key:
+    if not is_loopback(settings.host) and not settings.api_key:
         print(
             f"WARNING: listening on {settings.host} without an API key: anyone who can reach this machine can use "
             "your GPU and read the answers. Set --api-key (or CCOP_API_KEY), or keep --host 127.0.0.1.",
