@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import resource
 import selectors
 import socket
 import time
@@ -170,6 +171,13 @@ def test_a_slow_non_streaming_answer_is_not_cut(spawn: Spawn, ollama: OllamaDoub
 
 @pytest.fixture
 def silent_connections() -> Iterator[list[socket.socket]]:
+    # This process holds every socket too: many machines start with a soft limit of 1024 open files.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 4096
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.fail(f"this test holds 2,100 sockets but the open-file limit is {hard}; raise it (ulimit -Hn)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
     sockets: list[socket.socket] = []
     yield sockets
     for sock in sockets:
