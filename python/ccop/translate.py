@@ -52,8 +52,6 @@ class ChatPlan:
     max_tokens: int
     stop_sequences: list[str]
     stream: bool
-    thinking_requested: bool
-    thinking_sent: bool
     notes: list[str] = field(default_factory=list)
     # The Anthropic definitions of the tools sent to Ollama (the model knows exactly these): they decide which calls
     # the answer's schema repair and text-call recovery act on.
@@ -359,21 +357,11 @@ def _think_value(body: dict[str, Any], traits: ModelTraits, adaptive_thinking: b
     return "medium"
 
 
-def build_chat_request(
-    body: dict[str, Any],
-    *,
-    ollama_model: str,
-    traits: ModelTraits,
-    strict_thinking: bool,
-    adaptive_thinking: bool = True,
-) -> ChatPlan:
-    """Translate a validated `/v1/messages` body into an Ollama `/api/chat` request."""
-    notes: list[str] = []
+def _ollama_messages(body: dict[str, Any], vision: bool, notes: list[str]) -> list[dict[str, Any]]:
+    """The conversation in Ollama's shape: the system prompt (with any tool-choice instruction) first."""
     messages: list[dict[str, Any]] = []
-
     system = _system_text(body.get("system"))
-    choice = body.get("tool_choice")
-    instruction = _tool_choice_instruction(choice)
+    instruction = _tool_choice_instruction(body.get("tool_choice"))
     if instruction:
         system = f"{system}\n\n{instruction}" if system else instruction
     if system:
@@ -388,14 +376,41 @@ def build_chat_request(
                 tool_names[call["id"]] = call["function"]["name"]
             messages.append(translated)
         elif role == "user":
-            messages.extend(_translate_user(message, f"messages.{index}", tool_names, notes, traits.vision))
+            messages.extend(_translate_user(message, f"messages.{index}", tool_names, notes, vision))
         else:
             system_message = _translate_system_message(message)
             if system_message is not None:
                 messages.append(system_message)
+    return messages
+
+
+def _sampling_options(body: dict[str, Any], num_ctx: int | None) -> dict[str, Any]:
+    # Claude Code asks for 32k–128k output tokens; more than the context window can never be produced, and an
+    # oversized num_predict only hides the real limit from Ollama.
+    max_tokens = body["max_tokens"]
+    options: dict[str, Any] = {"num_predict": min(max_tokens, num_ctx) if num_ctx else max_tokens}
+    if num_ctx is not None:
+        # The same value on every request for a model: a different num_ctx makes Ollama reload it.
+        options["num_ctx"] = num_ctx
+    for key in ("temperature", "top_p", "top_k"):
+        if body.get(key) is not None:
+            options[key] = body[key]
+    return options
+
+
+def build_chat_request(
+    body: dict[str, Any],
+    *,
+    ollama_model: str,
+    traits: ModelTraits,
+    strict_thinking: bool,
+    adaptive_thinking: bool = True,
+) -> ChatPlan:
+    """Translate a validated `/v1/messages` body into an Ollama `/api/chat` request."""
+    notes: list[str] = []
+    messages = _ollama_messages(body, traits.vision, notes)
 
     thinking = body.get("thinking") or {}
-    thinking_requested = thinking.get("type") in ("enabled", "adaptive")
     if thinking.get("type") == "enabled" and not traits.thinks and strict_thinking:
         raise InvalidRequest(
             f"thinking: model {ollama_model!r} cannot think; choose a thinking-capable model, or remove `thinking` "
@@ -406,17 +421,6 @@ def build_chat_request(
         # Only an explicit request is worth a log line; `adaptive` (Claude Code's default) means "if you can".
         notes.append(f"thinking dropped: {ollama_model} cannot think")
 
-    # Claude Code asks for 32k–128k output tokens; more than the context window can never be produced, and an
-    # oversized num_predict only hides the real limit from Ollama.
-    max_tokens = body["max_tokens"]
-    options: dict[str, Any] = {"num_predict": min(max_tokens, traits.num_ctx) if traits.num_ctx else max_tokens}
-    if traits.num_ctx is not None:
-        # The same value on every request for a model: a different num_ctx makes Ollama reload it.
-        options["num_ctx"] = traits.num_ctx
-    for key in ("temperature", "top_p", "top_k"):
-        if body.get(key) is not None:
-            options[key] = body[key]
-
     request: dict[str, Any] = {
         "model": ollama_model,
         "messages": messages,
@@ -425,12 +429,13 @@ def build_chat_request(
         "stream": True,
         # Explicit, because Ollama turns thinking on by default for every model that can think.
         "think": think,
-        "options": options,
+        "options": _sampling_options(body, traits.num_ctx),
         # Without this Ollama silently drops the oldest messages of a prompt that does not fit; an error lets the
         # client compact the conversation instead.
         "truncate": False,
     }
     offered: list[dict[str, Any]] = []
+    choice = body.get("tool_choice")
     if not choice or choice.get("type") != "none":
         offered = _offered_tools(body, notes)
         if offered:
@@ -446,8 +451,6 @@ def build_chat_request(
         max_tokens=body["max_tokens"],
         stop_sequences=list(body.get("stop_sequences") or ()),
         stream=bool(body.get("stream", False)),
-        thinking_requested=thinking_requested,
-        thinking_sent=think is not False,
         notes=notes,
         offered_tools=offered,
     )
