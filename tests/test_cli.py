@@ -188,3 +188,34 @@ def test_bad_values_exit_with_one_line_error(
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert lines[0].startswith("ccop: ")
+
+
+def test_every_setting_has_a_flag_an_env_var_and_a_documented_row(tmp_path: Path) -> None:
+    # The option table is the one declaration of a setting: the flag, its help and the docs row all follow from it.
+    from ccop.settings import OPTIONS
+
+    help_text = " ".join(run("--help", cwd=tmp_path).stdout.split())
+    docs = (Path(__file__).parent.parent / "docs" / "CLI.md").read_text()
+    rows = {line.split("|")[3].strip(): line for line in docs.splitlines() if line.startswith("| `-")}
+    for option in OPTIONS:
+        assert option.long_flag in help_text, option.name
+        assert f"env {option.env}" in help_text, option.name
+        row = rows.get(f"`{option.config_key}`") or rows.get(f"`{option.config_key}` (list)")
+        assert row is not None, f"docs/CLI.md has no flag row for {option.config_key}"
+        assert option.long_flag.removeprefix("--") in row and f"`{option.env}" in row, row
+
+
+def test_a_settings_flag_is_checked_by_its_own_rule(tmp_path: Path) -> None:
+    assert resolved("--ping-interval", "0.5", cwd=tmp_path)["pingInterval"] == 0.5
+    assert resolved("--model-num-ctx", "qwen3:8b=8192", cwd=tmp_path)["modelNumCtx"] == {"qwen3:8b": 8192}
+    assert resolved("--cors-origin", "http://a", "--cors-origin", "*", cwd=tmp_path)["corsOrigins"] == ["http://a", "*"]
+    for args, expected in [
+        (["--idle-timeout", "nan"], "--idle-timeout: expected a positive number"),
+        (["--num-ctx", "-1"], "--num-ctx: must be at least 0"),
+        (["--model-num-ctx", "qwen3"], "--model-num-ctx: expected MODEL=TOKENS"),
+        (["--token-counting", "exact"], "--token-counting: invalid choice"),
+        (["-u", "ftp://x"], "--ollama-url: expected an Ollama address"),
+    ]:
+        result = run(*args, "--print-config", cwd=tmp_path)
+        assert result.returncode == 2, args
+        assert result.stderr.startswith("ccop: ") and expected in result.stderr, result.stderr

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,43 +21,17 @@ from ccop.security import is_loopback
 from ccop.settings import (
     CONFIG_FILE_NAME,
     DEFAULTS,
+    OPTIONS,
     SETTINGS_ENV,
     ConfigError,
+    Option,
     Settings,
     config_document,
     default_config_document,
-    parse_model_map_entry,
     redacted_url,
 )
 
 __all__ = ["build_parser", "main"]
-
-
-def _port(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {value}")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _map_entry(raw: str) -> tuple[str, str]:
-    try:
-        return parse_model_map_entry(raw)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--model-map: ")) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,30 +40,56 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ccop: {message} (see ccop --help)\n")
 
 
-def _model_num_ctx(raw: str) -> tuple[str, int]:
-    model, sep, value = raw.rpartition("=")
-    if not sep or not model or not value.isdigit():
-        raise argparse.ArgumentTypeError(f"expected MODEL=TOKENS, got {raw!r}")
-    return model, int(value)
+def _flag_type(option: Option) -> Callable[[str], Any]:
+    """The flag's parser: the setting's own rule from the option table, its error in argparse's words."""
+
+    def parse(raw: str) -> Any:
+        try:
+            return option.parse_flag(raw)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option.long_flag}: ")) from None
+
+    return parse
 
 
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {raw}")
-    return value
+def _shown_default(option: Option) -> str | None:
+    if option.default_text:
+        return option.default_text
+    value = getattr(DEFAULTS, option.name)
+    if isinstance(value, bool) or value is None or value == {} or value == ():
+        return None  # off, or nothing: the help already says what giving it does
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _non_negative_int(raw: str) -> int:
-    if not raw.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {raw!r}")
-    return int(raw)
+def _flag_help(option: Option) -> str:
+    """The row's help, plus where else the setting can come from and its default (the text docs/CLI.md expands)."""
+    source = f"env {option.env}"
+    if option.fallback_env:
+        source += f", else Ollama's {option.fallback_env}"
+    if option.repeatable:
+        source += ", comma separated"
+    default = _shown_default(option)
+    if default is not None:
+        source += f"; default {default}"
+    return f"{option.help}{'; repeatable' if option.repeatable else ''} ({source})"
+
+
+def _add_option(parser: argparse.ArgumentParser, option: Option) -> None:
+    names = [option.short, option.long_flag] if option.short else [option.long_flag]
+    settings: dict[str, Any] = {"dest": option.name, "help": _flag_help(option)}
+    if option.kind == "bool":
+        settings.update(action=argparse.BooleanOptionalAction, default=None)
+    elif option.kind == "choice":
+        settings.update(choices=option.choices)
+    else:
+        settings.update(type=_flag_type(option), metavar=option.metavar)
+        if option.repeatable:
+            settings.update(action="append")
+    parser.add_argument(*names, **settings)
 
 
 def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
+    """The command line: the settings' flags from the option table, and the flags that are actions, not settings."""
     parser = _Parser(
         prog=prog,
         description="Serve the Anthropic Messages API (Claude Code's API) on top of a local Ollama. "
@@ -110,130 +110,8 @@ def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
         help=f"write a {CONFIG_FILE_NAME} (mode 0600) with the defaults and the other flags given, and exit",
     )
     add("--force", action="store_true", help="with --init: overwrite an existing file")
-    add("-p", "--port", type=_port, help=f"port to listen on (env PORT, default {DEFAULTS.port})")
-    add("--host", help=f"address to bind (env HOST, default {DEFAULTS.host})")
-    add(
-        "-u",
-        "--ollama-url",
-        metavar="URL",
-        help="Ollama's address; http:// and port 11434 are assumed when left out; user:password@ in it is sent as "
-        f"Basic authentication (env OLLAMA_URL, else Ollama's OLLAMA_HOST; default {DEFAULTS.ollama_url})",
-    )
-    add(
-        "-m",
-        "--model-map",
-        metavar="CLAUDE=OLLAMA",
-        type=_map_entry,
-        action="append",
-        help="map a model name to an Ollama model; repeatable (env CCOP_MODEL_MAP, comma separated)",
-    )
-    add(
-        "-d",
-        "--default-model",
-        metavar="MODEL",
-        help=f"Ollama model for every other claude-* name (env DEFAULT_MODEL, default {DEFAULTS.default_model})",
-    )
-    add(
-        "--strict-thinking",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="answer 400 when thinking is asked of a model that cannot think, instead of dropping it "
-        "(env CCOP_STRICT_THINKING)",
-    )
-    add(
-        "-v",
-        "--verbose",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="debug logging, including prompt and response text (env CCOP_VERBOSE)",
-    )
-    add("--workers", type=_positive_int, metavar="N", help="worker processes (env CCOP_WORKERS, default 1)")
-    add(
-        "--num-ctx",
-        type=_non_negative_int,
-        metavar="TOKENS",
-        help="context window sent to Ollama for every model, capped at the model's trained length; 0 lets Ollama "
-        "decide (env CCOP_NUM_CTX; default 65536, the least Claude Code works well in, or the Modelfile's num_ctx "
-        "when larger)",
-    )
-    add(
-        "--model-num-ctx",
-        type=_model_num_ctx,
-        action="append",
-        metavar="MODEL=TOKENS",
-        help="context window for one Ollama model; repeatable (env CCOP_MODEL_NUM_CTX, comma separated)",
-    )
-    add(
-        "--thinking-model",
-        metavar="MODEL",
-        help="Ollama model for requests that ask for thinking when the mapped model cannot think "
-        "(env CCOP_THINKING_MODEL)",
-    )
-    add(
-        "--adaptive-thinking",
-        choices=("auto", "off"),
-        help="auto: Claude Code's adaptive thinking thinks when the model can; off: only explicit thinking requests "
-        "think (env CCOP_ADAPTIVE_THINKING, default auto)",
-    )
-    add(
-        "--token-counting",
-        choices=("calibrated", "heuristic"),
-        help="calibrated: learn each model's ratio from Ollama's counts; heuristic: the plain word rule "
-        "(env CCOP_TOKEN_COUNTING, default calibrated)",
-    )
-    add(
-        "--api-key",
-        metavar="KEY",
-        help="require this key from clients, as x-api-key or Authorization: Bearer; /health stays open "
-        "(env CCOP_API_KEY)",
-    )
-    add(
-        "--idle-timeout",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="abandon an answer when Ollama sends nothing for this long, model load included "
-        "(env CCOP_IDLE_TIMEOUT, default 600)",
-    )
-    add(
-        "--max-body-size",
-        type=_positive_int,
-        metavar="BYTES",
-        help="largest accepted request body (env CCOP_MAX_BODY_SIZE, default 33554432 = 32 MiB)",
-    )
-    add(
-        "--cors-origin",
-        action="append",
-        metavar="ORIGIN",
-        help="allow browser requests from this origin (`*` for any); repeatable; none by default "
-        "(env CCOP_CORS_ORIGINS, comma separated)",
-    )
-    add(
-        "--shutdown-grace",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="on SIGTERM, how long running answers may finish before the workers stop (env CCOP_SHUTDOWN_GRACE, "
-        "default 30)",
-    )
-    add(
-        "--allowed-host",
-        action="append",
-        metavar="NAME",
-        help="accept this Host header name besides localhost, 127.0.0.1 and [::1] on a loopback bind; repeatable "
-        "(env CCOP_ALLOWED_HOSTS, comma separated)",
-    )
-    add(
-        "--ollama-api-key",
-        metavar="TOKEN",
-        help="send this bearer token to Ollama, for an Ollama behind an authenticating reverse proxy "
-        "(env OLLAMA_API_KEY)",
-    )
-    add(
-        "--connection-timeout",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="close a client connection that sends nothing, or stalls mid-request, for this long "
-        "(env CCOP_CONNECTION_TIMEOUT, default 30)",
-    )
+    for option in OPTIONS:
+        _add_option(parser, option)
     add(
         "--print-config",
         action="store_true",
@@ -244,29 +122,14 @@ def build_parser(prog: str = "ccop") -> argparse.ArgumentParser:
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "port": args.port,
-        "host": args.host,
-        "ollama_url": args.ollama_url,
-        "default_model": args.default_model,
-        "model_map": dict(args.model_map) if args.model_map else None,
-        "strict_thinking": args.strict_thinking,
-        "verbose": args.verbose,
-        "workers": args.workers,
-        "num_ctx": args.num_ctx,
-        "model_num_ctx": dict(args.model_num_ctx) if args.model_num_ctx else None,
-        "thinking_model": args.thinking_model,
-        "token_counting": args.token_counting,
-        "adaptive_thinking": args.adaptive_thinking,
-        "api_key": args.api_key,
-        "idle_timeout": args.idle_timeout,
-        "max_body_size": args.max_body_size,
-        "cors_origins": tuple(args.cors_origin) if args.cors_origin else None,
-        "shutdown_grace": args.shutdown_grace,
-        "allowed_hosts": tuple(args.allowed_host) if args.allowed_host else None,
-        "ollama_api_key": args.ollama_api_key,
-        "connection_timeout": args.connection_timeout,
-    }
+    """The flags in Settings.resolve's form: None where not given; a repeated flag's entries as one map or list."""
+    flags: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(args, option.name)
+        if value is not None and option.repeatable:
+            value = tuple(value) if option.kind == "list" else dict(value)
+        flags[option.name] = value
+    return flags
 
 
 def _init(path: Path, force: bool, given: dict[str, Any]) -> int:

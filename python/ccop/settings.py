@@ -153,9 +153,9 @@ class Settings:
             layers = [_flag_value(option, flags.get(option.name))]
             if option.env and option.env in environ:
                 layers.append(option.parse(environ[option.env], f"environment variable {option.env}"))
-            elif option.name == "ollama_url" and environ.get(OLLAMA_HOST_ENV, "").strip():
-                # Ollama's own variable, so a machine set up for the `ollama` command needs nothing more.
-                layers.append(option.parse(environ[OLLAMA_HOST_ENV], f"environment variable {OLLAMA_HOST_ENV}"))
+            elif option.fallback_env and environ.get(option.fallback_env, "").strip():
+                # Ollama's own OLLAMA_HOST, so a machine set up for the `ollama` command needs nothing more.
+                layers.append(option.parse(environ[option.fallback_env], f"environment variable {option.fallback_env}"))
             # null in the file means "not set here", like a missing key.
             if file_values.get(option.config_key) is not None:
                 where = f"{used_path}: key {option.config_key!r}"
@@ -177,12 +177,13 @@ class Settings:
 def _flag_value(option: Option, value: Any) -> Any:
     """A flag's value, already typed by the parser; an address is still read the way the other layers read it."""
     if value is not None and option.kind == "url":
-        return normalize_ollama_url(value, f"--{option.name.replace('_', '-')}")
+        return normalize_ollama_url(value, option.long_flag)
     return value
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Option table: one row per setting, shared by the CLI, the environment, the config file and the docs.
+# Option table: one row per setting, the only place a setting is declared. The CLI builds its flags, help and
+# validation from it (cli.py), and the environment, the config file, `--init` and `--print-config` read it here.
 
 
 @dataclass(frozen=True)
@@ -191,9 +192,27 @@ class Option:
     config_key: str
     env: str | None
     kind: str  # "str" | "int" | "bool" | "url" | "port" | "map" | "int_map" | "choice" | "float" | "list"
+    # The flag's help: what the setting does. The CLI adds the environment variable and the default from this row.
     help: str
     choices: tuple[str, ...] = ()
     minimum: int = 0
+    short: str | None = None
+    metavar: str | None = None
+    # The long flag when it is not the name with dashes: a list is given one item per flag (`--cors-origin`).
+    flag: str | None = None
+    # Read when `env` is not set: another program's variable for the same thing (Ollama's OLLAMA_HOST).
+    fallback_env: str | None = None
+    # The default as the help states it, when the value alone does not tell the whole story.
+    default_text: str | None = None
+
+    @property
+    def long_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def repeatable(self) -> bool:
+        """Given on the command line one entry (`NAME=VALUE`) or one item per flag, and merged or collected."""
+        return self.kind in {"map", "int_map", "list"}
 
     def parse(self, raw: str, where: str) -> Any:
         """Parse a string from the environment."""
@@ -212,20 +231,33 @@ class Option:
             return self.check(number, where)
         if self.kind == "float":
             try:
-                return self.check(float(raw.strip()), where)
+                value = float(raw.strip())
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
-        if self.kind == "list":
-            return self.check([part for part in re.split(r"[,\s]+", raw) if part], where)
-        if self.kind in {"map", "int_map"}:
-            entries = [parse_model_map_entry(part, where) for part in re.split(r"[,\s]+", raw) if part]
-            if self.kind == "map":
-                return dict(entries)
-            try:
-                return self.check({model: int(value) for model, value in entries}, where)
-            except ValueError:
-                raise ConfigError(f"{where}: expected MODEL=NUMBER entries, got {raw!r}") from None
+            return self.check(value, where)
+        if self.repeatable:
+            entries = [self.parse_entry(part, where) for part in re.split(r"[,\s]+", raw) if part]
+            return self.check(dict(entries) if self.kind != "list" else entries, where)
         return self.check(raw, where)
+
+    def parse_entry(self, raw: str, where: str) -> Any:
+        """One entry of a repeatable setting: a map's `NAME=VALUE` pair, or one list item."""
+        if self.kind == "map":
+            return parse_model_map_entry(raw, where)
+        if self.kind == "int_map":
+            model, sep, value = raw.rpartition("=")
+            if not sep or not model or not value.isdigit():
+                raise ConfigError(f"{where}: expected MODEL=TOKENS, got {raw!r}")
+            return model, int(value)
+        if not raw:
+            raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
+        return raw
+
+    def parse_flag(self, raw: str) -> Any:
+        """One command-line value: an entry of a repeatable setting, else the whole value as the environment's."""
+        if self.repeatable:
+            return self.parse_entry(raw, self.long_flag)
+        return self.parse(raw, self.long_flag)
 
     def check(self, value: Any, where: str) -> Any:
         """Validate an already typed value (from the config file, or parsed above)."""
@@ -233,35 +265,45 @@ class Option:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: expected true or false, got {value!r}")
             return value
-        if self.kind in {"int", "port"}:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{where}: expected a whole number, got {value!r}")
-            if self.kind == "port" and not 1 <= value <= 65535:
-                raise ConfigError(f"{where}: port must be between 1 and 65535, got {value}")
-            if value < self.minimum:
-                raise ConfigError(f"{where}: must be at least {self.minimum}, got {value}")
-            return value
+        if self.kind in {"int", "port", "float"}:
+            return self._check_number(value, where)
+        if self.repeatable:
+            return self._check_collection(value, where)
+        return self._check_text(value, where)
+
+    def _check_number(self, value: Any, where: str) -> Any:
         if self.kind == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            # `not value > 0` also turns away NaN, which compares false with everything.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{where}: expected a positive number, got {value!r}")
             return float(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        if self.kind == "port" and not 1 <= value <= 65535:
+            raise ConfigError(f"{where}: port must be between 1 and 65535, got {value}")
+        if value < self.minimum:
+            raise ConfigError(f"{where}: must be at least {self.minimum}, got {value}")
+        return value
+
+    def _check_collection(self, value: Any, where: str) -> Any:
+        if self.kind == "list":
+            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+                raise ConfigError(f"{where}: expected a list of non-empty strings, got {value!r}")
+            return tuple(value)
         if self.kind == "map":
             if not isinstance(value, dict) or not all(
                 isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
             ):
                 raise ConfigError(f"{where}: expected an object of non-empty model names, got {value!r}")
             return dict(value)
-        if self.kind == "list":
-            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-                raise ConfigError(f"{where}: expected a list of non-empty strings, got {value!r}")
-            return tuple(value)
-        if self.kind == "int_map":
-            if not isinstance(value, dict) or not all(
-                isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                for k, v in value.items()
-            ):
-                raise ConfigError(f"{where}: expected an object of model names to whole numbers >= 0, got {value!r}")
-            return dict(value)
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in value.items()
+        ):
+            raise ConfigError(f"{where}: expected an object of model names to whole numbers >= 0, got {value!r}")
+        return dict(value)
+
+    def _check_text(self, value: Any, where: str) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
         value = value.strip()
@@ -273,49 +315,98 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("port", "port", "PORT", "port", "Port to listen on."),
-    Option("host", "host", "HOST", "str", "Address to bind; keep 127.0.0.1 unless other machines must reach it."),
-    Option("ollama_url", "ollamaUrl", "OLLAMA_URL", "url", "Base URL of the Ollama server."),
-    Option("default_model", "defaultModel", "DEFAULT_MODEL", "str", "Ollama model for any claude-* model name."),
-    Option("model_map", "modelMap", "CCOP_MODEL_MAP", "map", "Exact model-name mappings, CLAUDE=OLLAMA."),
+    Option("port", "port", "PORT", "port", "port to listen on", short="-p"),
+    Option(
+        "host",
+        "host",
+        "HOST",
+        "str",
+        "address to bind: an IP, or a name such as localhost; keep 127.0.0.1 unless other machines must reach it",
+    ),
+    Option(
+        "ollama_url",
+        "ollamaUrl",
+        "OLLAMA_URL",
+        "url",
+        "Ollama's address; http:// and port 11434 are assumed when left out; user:password@ in it is sent as "
+        "Basic authentication",
+        short="-u",
+        metavar="URL",
+        fallback_env=OLLAMA_HOST_ENV,
+    ),
+    Option(
+        "default_model",
+        "defaultModel",
+        "DEFAULT_MODEL",
+        "str",
+        "Ollama model for every other claude-* name",
+        short="-d",
+        metavar="MODEL",
+    ),
+    Option(
+        "model_map",
+        "modelMap",
+        "CCOP_MODEL_MAP",
+        "map",
+        "map a model name to an Ollama model",
+        short="-m",
+        metavar="CLAUDE=OLLAMA",
+    ),
     Option(
         "strict_thinking",
         "strictThinking",
         "CCOP_STRICT_THINKING",
         "bool",
-        "Reject thinking requests for models that cannot think (400) instead of dropping thinking.",
+        "answer 400 when thinking is asked of a model that cannot think, instead of dropping it",
     ),
-    Option("verbose", "verbose", "CCOP_VERBOSE", "bool", "Debug logging, including prompt and response text."),
     Option(
-        "workers", "workers", "CCOP_WORKERS", "int", "Worker processes; use more for many agents at once.", minimum=1
+        "verbose",
+        "verbose",
+        "CCOP_VERBOSE",
+        "bool",
+        "debug logging, including prompt and response text",
+        short="-v",
+    ),
+    Option(
+        "workers",
+        "workers",
+        "CCOP_WORKERS",
+        "int",
+        "worker processes; more help when many agents run at once",
+        minimum=1,
+        metavar="N",
     ),
     Option(
         "num_ctx",
         "numCtx",
         "CCOP_NUM_CTX",
         "int",
-        "Context window sent to Ollama for every model (capped at its trained length); 0 lets Ollama decide.",
+        "context window sent to Ollama for every model, capped at the model's trained length; 0 lets Ollama decide",
+        metavar="TOKENS",
+        default_text=f"{DEFAULT_NUM_CTX}, the least Claude Code works well in, or the Modelfile's num_ctx when larger",
     ),
     Option(
         "model_num_ctx",
         "modelNumCtx",
         "CCOP_MODEL_NUM_CTX",
         "int_map",
-        "Context window per Ollama model, MODEL=N; overrides numCtx for that model.",
+        "context window for one Ollama model; wins over --num-ctx",
+        metavar="MODEL=TOKENS",
     ),
     Option(
         "thinking_model",
         "thinkingModel",
         "CCOP_THINKING_MODEL",
         "str",
-        "Ollama model for requests that ask for thinking when the mapped model cannot think.",
+        "Ollama model for requests that ask for thinking when the mapped model cannot think",
+        metavar="MODEL",
     ),
     Option(
         "adaptive_thinking",
         "adaptiveThinking",
         "CCOP_ADAPTIVE_THINKING",
         "choice",
-        "auto: adaptive thinking thinks when the model can; off: only explicit thinking requests think.",
+        "auto: Claude Code's adaptive thinking thinks when the model can; off: only explicit thinking requests think",
         ("auto", "off"),
     ),
     Option(
@@ -323,47 +414,84 @@ OPTIONS: tuple[Option, ...] = (
         "tokenCounting",
         "CCOP_TOKEN_COUNTING",
         "choice",
-        "calibrated: scale estimates by what Ollama reports per model; heuristic: the raw word rule.",
-        ("heuristic", "calibrated"),
+        "calibrated: learn each model's ratio from Ollama's counts; heuristic: the plain word rule",
+        ("calibrated", "heuristic"),
     ),
-    Option("ping_interval", "pingInterval", "CCOP_PING_INTERVAL", "float", "Seconds between SSE pings while waiting."),
+    Option(
+        "ping_interval",
+        "pingInterval",
+        "CCOP_PING_INTERVAL",
+        "float",
+        "seconds between SSE pings while nothing else flows",
+        metavar="SECONDS",
+    ),
     Option(
         "idle_timeout",
         "idleTimeout",
         "CCOP_IDLE_TIMEOUT",
         "float",
-        "Seconds Ollama may stay silent (model load included) before the answer is abandoned.",
+        "abandon an answer when Ollama sends nothing for this long, model load included",
+        metavar="SECONDS",
     ),
-    Option("max_body_size", "maxBodySize", "CCOP_MAX_BODY_SIZE", "int", "Largest request body in bytes.", minimum=1),
-    Option("api_key", "apiKey", "CCOP_API_KEY", "str", "Key clients must send (x-api-key or Authorization: Bearer)."),
-    Option("cors_origins", "corsOrigins", "CCOP_CORS_ORIGINS", "list", "Browser origins allowed by CORS."),
+    Option(
+        "max_body_size",
+        "maxBodySize",
+        "CCOP_MAX_BODY_SIZE",
+        "int",
+        "largest accepted request body",
+        minimum=1,
+        metavar="BYTES",
+        default_text="33554432 = 32 MiB",
+    ),
+    Option(
+        "api_key",
+        "apiKey",
+        "CCOP_API_KEY",
+        "str",
+        "require this key from clients, as x-api-key or Authorization: Bearer; /health stays open",
+        metavar="KEY",
+    ),
+    Option(
+        "cors_origins",
+        "corsOrigins",
+        "CCOP_CORS_ORIGINS",
+        "list",
+        "allow browser requests from this origin (`*` for any); none by default",
+        metavar="ORIGIN",
+        flag="--cors-origin",
+    ),
     Option(
         "shutdown_grace",
         "shutdownGrace",
         "CCOP_SHUTDOWN_GRACE",
         "float",
-        "Seconds running answers get to finish after SIGTERM.",
+        "on SIGTERM, how long running answers may finish before the workers stop",
+        metavar="SECONDS",
     ),
     Option(
         "allowed_hosts",
         "allowedHosts",
         "CCOP_ALLOWED_HOSTS",
         "list",
-        "Host names accepted besides localhost, 127.0.0.1 and [::1] when bound to loopback.",
+        "accept this Host header name besides localhost, 127.0.0.1 and [::1] on a loopback bind",
+        metavar="NAME",
+        flag="--allowed-host",
     ),
     Option(
         "ollama_api_key",
         "ollamaApiKey",
         "OLLAMA_API_KEY",
         "str",
-        "Bearer token sent to Ollama, for an Ollama behind an authenticating reverse proxy.",
+        "send this bearer token to Ollama, for an Ollama behind an authenticating reverse proxy",
+        metavar="TOKEN",
     ),
     Option(
         "connection_timeout",
         "connectionTimeout",
         "CCOP_CONNECTION_TIMEOUT",
         "float",
-        "Seconds a client connection may stay silent, or stall mid-request, before it is closed.",
+        "close a client connection that sends nothing, or stalls mid-request, for this long",
+        metavar="SECONDS",
     ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
