@@ -45,7 +45,7 @@ test: ## Rust unit tests, then the Python suite
 
 .PHONY: bench
 bench: build-prod ## micro benchmarks of the Rust hot path against pure Python
-	$(PYTHON) -m pytest benches --benchmark-enable -p no:cacheprovider
+	$(PYTHON) -m pytest benches --benchmark-enable
 
 .PHONY: clean
 clean: ## remove build output

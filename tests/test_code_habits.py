@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from ccop.translate import ChatPlan
 
@@ -11,3 +12,22 @@ def test_chat_plan_carries_only_what_the_endpoint_reads() -> None:
     # Every field of the plan is read by messages.py; a field written and never read is dead weight to keep true.
     fields = {field.name for field in dataclasses.fields(ChatPlan)}
     assert fields == {"body", "ollama_model", "max_tokens", "stop_sequences", "stream", "notes", "offered_tools"}
+
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_pytest_keeps_its_cache_so_last_failed_works() -> None:
+    # `pytest --lf` needs the cache plugin; the cache directory stays out of git instead.
+    addopts = next(line for line in (ROOT / "pyproject.toml").read_text().splitlines() if line.startswith("addopts"))
+    assert "no:cacheprovider" not in addopts
+    assert ".pytest_cache/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_pre_commit_runs_the_makefiles_lint_targets() -> None:
+    config = (ROOT / ".pre-commit-config.yaml").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("lint-python", "lint-rust"):
+        assert f"entry: make {target}" in config
+        assert f"\n{target}:" in makefile
+    assert "language: system" in config
