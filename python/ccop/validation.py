@@ -368,58 +368,70 @@ def _pattern_problem(pattern: str) -> str | None:
     if not (pattern.startswith("^") and pattern.endswith("$")) or len(pattern) < 2:
         return "a pattern must start with '^' and end with '$'"
     body = pattern[1:-1]
-    length = len(body)
     i = 0
     items = [0]  # items read so far at each nesting level: a quantifier needs something before it
-    while i < length:
+    while i < len(body):
         char = body[i]
         if char == "(":
             items.append(0)
             i += 1
             continue
-        if char == ")":
-            if len(items) == 1:
-                return None  # the converter stops reading at an unmatched ')'
-            items.pop()
-            i += 1
-        elif char == "[":
-            i += 1
-            while i < length and body[i] != "]":
-                i += 2 if body[i] == "\\" else 1
-            if i >= length:
-                return "unbalanced square brackets"
-            i += 1
-        elif char == "{":
-            end = body.find("}", i)
-            if end < 0:
-                return "unbalanced curly brackets"
-            numbers = body[i + 1 : end].split(",")
-            if len(numbers) > 2:
-                return "wrong number of values in curly brackets"
-            if not _is_c_int(numbers[0]) and (len(numbers) == 1 or numbers[0]):
-                return "invalid number in curly brackets"
-            if len(numbers) == 2 and numbers[1] and not _is_c_int(numbers[1]):
-                return "invalid number in curly brackets"
-            if not items[-1]:
-                return "nothing to repeat before '{'"
-            i = end + 1
+        if char == ")" and len(items) == 1:
+            return None  # the converter stops reading at an unmatched ')'
+        if char in "*+?{":
+            problem, i = _quantifier_problem(body, i, items[-1])
+            if problem:
+                return problem
             continue
-        elif char in "*+?":
-            if not items[-1]:
-                return f"nothing to repeat before {char!r}"
-            i += 1
-            continue
-        elif char in ".|":
-            i += 1
-        elif char in "]}":
+        if char in "]}":
             # The converter finds no literal here and never advances: it loops forever.
             return f"unbalanced {char!r}"
+        if char == ")":
+            items.pop()
+            i += 1
         else:
-            i += 2 if char == "\\" else 1
-            while i < length and (body[i] == "\\" or body[i] not in _PATTERN_SYNTAX):
-                i += 2 if body[i] == "\\" else 1
+            i = _after_atom(body, i)
+            if i < 0:
+                return "unbalanced square brackets"
         items[-1] += 1
     return None
+
+
+def _quantifier_problem(body: str, i: int, items_before: int) -> tuple[str | None, int]:
+    """A quantifier at `body[i]`: what is wrong with it, else None and where reading goes on."""
+    char = body[i]
+    if char != "{":
+        return (None if items_before else f"nothing to repeat before {char!r}"), i + 1
+    end = body.find("}", i)
+    if end < 0:
+        return "unbalanced curly brackets", i
+    numbers = body[i + 1 : end].split(",")
+    if len(numbers) > 2:
+        return "wrong number of values in curly brackets", i
+    if not _is_c_int(numbers[0]) and (len(numbers) == 1 or numbers[0]):
+        return "invalid number in curly brackets", i
+    if len(numbers) == 2 and numbers[1] and not _is_c_int(numbers[1]):
+        return "invalid number in curly brackets", i
+    if not items_before:
+        return "nothing to repeat before '{'", i
+    return None, end + 1
+
+
+def _after_atom(body: str, i: int) -> int:
+    """Where the atom at `body[i]` (a class, `.`, `|` or a run of literals) ends; -1 for an unclosed class."""
+    char = body[i]
+    length = len(body)
+    if char == "[":
+        i += 1
+        while i < length and body[i] != "]":
+            i += 2 if body[i] == "\\" else 1
+        return i + 1 if i < length else -1
+    if char in ".|":
+        return i + 1
+    i += 2 if char == "\\" else 1
+    while i < length and (body[i] == "\\" or body[i] not in _PATTERN_SYNTAX):
+        i += 2 if body[i] == "\\" else 1
+    return i
 
 
 class _FormatSchema:
@@ -494,8 +506,6 @@ class _FormatSchema:
         if "format" in schema and not isinstance(schema["format"], str):
             raise _fail(f"{path}.format", "a string", schema["format"])
         kind = schema.get("type")
-        string_like = kind is None or kind == "string"
-        object_like = kind is None or kind == "object"
         if "$ref" in schema:
             ref = schema["$ref"]
             if ref not in self.visited:
@@ -507,44 +517,21 @@ class _FormatSchema:
         elif isinstance(kind, list):
             for option in kind:
                 self.visit({**schema, "type": option}, path)
-        elif "const" in schema or "enum" in schema:
-            return
-        elif object_like and ("properties" in schema or schema.get("additionalProperties", True) is not True):
-            properties = schema.get("properties", {})
-            if not isinstance(properties, dict):
-                raise _fail(f"{path}.properties", "an object", properties)
-            for name, value in properties.items():
-                self.visit(value, f"{path}.properties.{name}")
-            if isinstance(schema.get("additionalProperties"), dict):
-                self.visit(schema["additionalProperties"], f"{path}.additionalProperties")
+        elif "const" not in schema and "enum" not in schema:
+            self.visit_typed(schema, kind, path)
+
+    def visit_typed(self, schema: dict[str, Any], kind: object, path: str) -> None:
+        """The converter's rules after references, alternatives and constants, tried in its order."""
+        object_like = kind is None or kind == "object"
+        string_like = kind is None or kind == "string"
+        if object_like and ("properties" in schema or schema.get("additionalProperties", True) is not True):
+            self.visit_properties(schema, path)
         elif object_like and "allOf" in schema:
-            parts = schema["allOf"]
-            if not isinstance(parts, list):
-                raise _fail(f"{path}.allOf", "an array of schemas", parts)
-            for index, part in enumerate(parts):
-                where = f"{path}.allOf.{index}"
-                if isinstance(part, dict) and "anyOf" in part:
-                    if not isinstance(part["anyOf"], list):
-                        raise _fail(f"{where}.anyOf", "an array of schemas", part["anyOf"])
-                    for option, component in enumerate(part["anyOf"]):
-                        self.all_of_component(component, f"{where}.anyOf.{option}", set())
-                else:
-                    self.all_of_component(part, where, set())
+            self.visit_all_of(schema["allOf"], f"{path}.allOf")
         elif (kind is None or kind == "array") and ("items" in schema or "prefixItems" in schema):
-            key = "items" if "items" in schema else "prefixItems"
-            if isinstance(schema[key], list):
-                self.visit_all(schema[key], f"{path}.{key}")
-            else:
-                self.visit(schema[key], f"{path}.{key}")
-                if "minItems" in schema:
-                    self.count(schema, "minItems", path)
+            self.visit_items(schema, path)
         elif string_like and "pattern" in schema:
-            pattern = schema["pattern"]
-            if not isinstance(pattern, str):
-                raise _fail(f"{path}.pattern", "a string", pattern)
-            problem = _pattern_problem(pattern)
-            if problem:
-                raise self.fail(f"{path}.pattern", problem)
+            self.check_pattern(schema["pattern"], f"{path}.pattern")
         elif string_like and _GRAMMAR_FORMATS.fullmatch(schema.get("format", "")):
             return
         elif kind == "string" and ("minLength" in schema or "maxLength" in schema):
@@ -557,15 +544,56 @@ class _FormatSchema:
                 if used:
                     self.count(schema, used, path)
         elif schema and kind != "object" and not (isinstance(kind, str) and kind in _GRAMMAR_TYPES):
-            if kind is None:
-                raise self.fail(
-                    path,
-                    "it says nothing the model can produce; give it a `type` (or `properties`, `items`, "
-                    "`anyOf`, `enum`, `const`, `$ref`)",
-                )
+            self.fail_untyped(kind, path)
+
+    def visit_properties(self, schema: dict[str, Any], path: str) -> None:
+        properties = schema.get("properties", {})
+        if not isinstance(properties, dict):
+            raise _fail(f"{path}.properties", "an object", properties)
+        for name, value in properties.items():
+            self.visit(value, f"{path}.properties.{name}")
+        if isinstance(schema.get("additionalProperties"), dict):
+            self.visit(schema["additionalProperties"], f"{path}.additionalProperties")
+
+    def visit_all_of(self, parts: object, path: str) -> None:
+        if not isinstance(parts, list):
+            raise _fail(path, "an array of schemas", parts)
+        for index, part in enumerate(parts):
+            where = f"{path}.{index}"
+            if isinstance(part, dict) and "anyOf" in part:
+                if not isinstance(part["anyOf"], list):
+                    raise _fail(f"{where}.anyOf", "an array of schemas", part["anyOf"])
+                for option, component in enumerate(part["anyOf"]):
+                    self.all_of_component(component, f"{where}.anyOf.{option}", set())
+            else:
+                self.all_of_component(part, where, set())
+
+    def visit_items(self, schema: dict[str, Any], path: str) -> None:
+        key = "items" if "items" in schema else "prefixItems"
+        if isinstance(schema[key], list):
+            self.visit_all(schema[key], f"{path}.{key}")
+        else:
+            self.visit(schema[key], f"{path}.{key}")
+            if "minItems" in schema:
+                self.count(schema, "minItems", path)
+
+    def check_pattern(self, pattern: object, path: str) -> None:
+        if not isinstance(pattern, str):
+            raise _fail(path, "a string", pattern)
+        problem = _pattern_problem(pattern)
+        if problem:
+            raise self.fail(path, problem)
+
+    def fail_untyped(self, kind: object, path: str) -> None:
+        if kind is None:
             raise self.fail(
-                f"{path}.type", f"unknown type {kind!r}; use object, array, string, number, integer, boolean or null"
+                path,
+                "it says nothing the model can produce; give it a `type` (or `properties`, `items`, "
+                "`anyOf`, `enum`, `const`, `$ref`)",
             )
+        raise self.fail(
+            f"{path}.type", f"unknown type {kind!r}; use object, array, string, number, integer, boolean or null"
+        )
 
     def visit_all(self, schemas: object, path: str) -> None:
         if not isinstance(schemas, list):
