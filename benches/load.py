@@ -762,88 +762,111 @@ def load_average() -> list[float]:
 
 
 def report(results: dict[str, Any]) -> str:
-    runs: list[dict[str, Any]] = results["paths"]
-    by_name = {run["path"]: run for run in runs}
     out: list[str] = []
+    out += _report_header(results)
+    for scenario in results["scenarios"]:
+        out += _report_scenario(results, scenario)
+    out += _report_memory(results["paths"])
+    out.append("**content check** (one request per path, whole body parsed before the load)")
+    out.append("")
+    for run in results["paths"]:
+        out.append(f"- {run['path']}: {run.get('skipped') or run['verified']}")
+    out.append("")
+    out += _report_targets(results.get("targets", []))
+    for run in results["paths"]:
+        out += _report_profile(run)
+    return "\n".join(out)
+
+
+def _report_header(results: dict[str, Any]) -> list[str]:
     config = results["config"]
     machine = results["machine"]
     versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items())
-    out.append(
+    return [
         f"{results['date']} · {machine['cpu']} · {machine['cpus']} CPUs · Linux {machine['kernel']} · "
-        f"Python {machine['python']} · {versions} · commit {machine['commit'] or '?'}"
-    )
-    out.append("")
-    out.append(
+        f"Python {machine['python']} · {versions} · commit {machine['commit'] or '?'}",
+        "",
         f"Proxy overhead, {config['tokens']} tokens per stream, upstream delay {config['upstream_delay']} s, "
         f"chunking {config['upstream_chunking']}; CPUs: tools {results['placement']['tools']}, "
         f"proxies {results['placement']['proxies']}; load average before {results['load_average_before']}, "
-        f"after {results['load_average_after']}."
+        f"after {results['load_average_after']}.",
+        "",
+    ]
+
+
+def _report_scenario(results: dict[str, Any], scenario: dict[str, Any]) -> list[str]:
+    runs: list[dict[str, Any]] = results["paths"]
+    config = results["config"]
+    name = scenario["name"]
+    out = [
+        f"**{name}**: {scenario['note']}, up to {scenario['requests']} requests each "
+        f"(no new request after {config['scenario_seconds']:g} s)",
+        "",
+        "| path | streams ok / sent | errors | tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | added TTFT p50 (ms) "
+        "| added TTFT p99 (ms) | stream p50 (ms) | stream p99 (ms) | CPU: proxy / upstream / client (cores) "
+        "| upstream connections |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    by_name = {run["path"]: run for run in runs}
+    base_ttft = by_name.get("direct", {}).get("scenarios", {}).get(name, {}).get("ttft_ms", {})
+    for run in runs:
+        summary = run["scenarios"].get(name)
+        skipped = run.get("skipped") or (summary or {}).get("skipped")
+        if skipped:
+            out.append(f"| {run['path']} | {skipped} |||||||||")
+        elif summary is not None:
+            out.append(_report_row(run["path"], summary, base_ttft))
+    out.append("")
+    splits = [(run["path"], run["scenarios"].get(name, {}).get("ttft_split_ms")) for run in runs]
+    out += _report_ttft_splits([(path, split) for path, split in splits if split])
+    return out
+
+
+def _report_row(path: str, summary: dict[str, Any], base_ttft: dict[str, Any]) -> str:
+    ttft = summary["ttft_ms"]
+    cpu = summary["cpu_core_share"]
+    errors = str(summary["errors"])
+    if summary["error_kinds"]:
+        errors += " (" + ", ".join(f"{kind}: {count}" for kind, count in summary["error_kinds"].items()) + ")"
+    direct = path == "direct"
+    return (
+        f"| {path} | {summary['completed']} / {summary['sent']} | {errors} "
+        f"| {summary['tokens_per_s']:,.0f} | {_fmt(ttft['p50'], 3)} | {_fmt(ttft['p99'], 3)} "
+        f"| {'–' if direct else _added(ttft['p50'], base_ttft.get('p50'))} "
+        f"| {'–' if direct else _added(ttft['p99'], base_ttft.get('p99'))} "
+        f"| {_fmt(summary['stream_ms']['p50'])} | {_fmt(summary['stream_ms']['p99'])} "
+        f"| {_fmt(cpu['proxy'])} / {_fmt(cpu['upstream'])} / {_fmt(cpu['client'])} "
+        f"| {summary.get('upstream', {}).get('connections', '–')} |"
     )
-    out.append("")
-    for scenario in results["scenarios"]:
-        name = scenario["name"]
+
+
+def _report_ttft_splits(splits: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not splits:
+        return []
+    out = [
+        "Time to first token, split at the upstream (one client, so each request pairs with one `/api/chat`):",
+        "",
+        "| path | request written → upstream has `/api/chat` p50 / p99 (ms) "
+        "| upstream answers → first token at client p50 / p99 (ms) |",
+        "|---|---:|---:|",
+    ]
+    for path, split in splits:
+        inbound, outbound = split["to_upstream"], split["upstream_to_first_token"]
         out.append(
-            f"**{name}**: {scenario['note']}, up to {scenario['requests']} requests each "
-            f"(no new request after {config['scenario_seconds']:g} s)"
+            f"| {path} | {_fmt(inbound['p50'], 3)} / {_fmt(inbound['p99'], 3)} "
+            f"| {_fmt(outbound['p50'], 3)} / {_fmt(outbound['p99'], 3)} |"
         )
-        out.append("")
-        out.append(
-            "| path | streams ok / sent | errors | tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | added TTFT p50 (ms) "
-            "| added TTFT p99 (ms) | stream p50 (ms) | stream p99 (ms) | CPU: proxy / upstream / client (cores) "
-            "| upstream connections |"
-        )
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-        base = by_name.get("direct", {}).get("scenarios", {}).get(name, {})
-        base_ttft = base.get("ttft_ms", {})
-        for run in runs:
-            summary = run["scenarios"].get(name)
-            if run.get("skipped"):
-                out.append(f"| {run['path']} | {run['skipped']} |||||||||")
-                continue
-            if summary is None:
-                continue
-            if "skipped" in summary:
-                out.append(f"| {run['path']} | {summary['skipped']} |||||||||")
-                continue
-            ttft = summary["ttft_ms"]
-            cpu = summary["cpu_core_share"]
-            errors = str(summary["errors"])
-            if summary["error_kinds"]:
-                errors += " (" + ", ".join(f"{kind}: {count}" for kind, count in summary["error_kinds"].items()) + ")"
-            direct = run["path"] == "direct"
-            out.append(
-                f"| {run['path']} | {summary['completed']} / {summary['sent']} | {errors} "
-                f"| {summary['tokens_per_s']:,.0f} | {_fmt(ttft['p50'], 3)} | {_fmt(ttft['p99'], 3)} "
-                f"| {'–' if direct else _added(ttft['p50'], base_ttft.get('p50'))} "
-                f"| {'–' if direct else _added(ttft['p99'], base_ttft.get('p99'))} "
-                f"| {_fmt(summary['stream_ms']['p50'])} | {_fmt(summary['stream_ms']['p99'])} "
-                f"| {_fmt(cpu['proxy'])} / {_fmt(cpu['upstream'])} / {_fmt(cpu['client'])} "
-                f"| {summary.get('upstream', {}).get('connections', '–')} |"
-            )
-        out.append("")
-        splits = [(run["path"], run["scenarios"].get(name, {}).get("ttft_split_ms")) for run in runs]
-        splits = [(path, split) for path, split in splits if split]
-        if splits:
-            out.append(
-                "Time to first token, split at the upstream (one client, so each request pairs with one `/api/chat`):"
-            )
-            out.append("")
-            out.append(
-                "| path | request written → upstream has `/api/chat` p50 / p99 (ms) "
-                "| upstream answers → first token at client p50 / p99 (ms) |"
-            )
-            out.append("|---|---:|---:|")
-            for path, split in splits:
-                inbound, outbound = split["to_upstream"], split["upstream_to_first_token"]
-                out.append(
-                    f"| {path} | {_fmt(inbound['p50'], 3)} / {_fmt(inbound['p99'], 3)} "
-                    f"| {_fmt(outbound['p50'], 3)} / {_fmt(outbound['p99'], 3)} |"
-                )
-            out.append("")
-    out.append("**memory** (MB = 10^6 bytes; per worker process, `VmRSS` idle before the first request, `VmHWM` peak)")
     out.append("")
-    out.append("| path | workers | idle RSS per worker | peak RSS per worker | main process RSS (idle) |")
-    out.append("|---|---:|---|---|---:|")
+    return out
+
+
+def _report_memory(runs: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "**memory** (MB = 10^6 bytes; per worker process, `VmRSS` idle before the first request, `VmHWM` peak)",
+        "",
+        "| path | workers | idle RSS per worker | peak RSS per worker | main process RSS (idle) |",
+        "|---|---:|---|---|---:|",
+    ]
     for run in runs:
         if run["kind"] == "direct" or run.get("skipped") or "idle" not in run["memory"]:
             continue
@@ -855,38 +878,36 @@ def report(results: dict[str, Any]) -> str:
             f"| {', '.join(_fmt(value, 1) for value in after['workers_hwm_mb'])} | {_fmt(idle['main_rss_mb'], 1)} |"
         )
     out.append("")
-    out.append("**content check** (one request per path, whole body parsed before the load)")
+    return out
+
+
+def _report_targets(targets: list[dict[str, Any]]) -> list[str]:
+    if not targets:
+        return []
+    out = ["**targets**", "", "| target | measured | met? |", "|---|---|---|"]
+    for target in targets:
+        out.append(f"| {target['target']} | {target['measured']} | {target['met']} |")
     out.append("")
-    for run in runs:
-        out.append(f"- {run['path']}: {run.get('skipped') or run['verified']}")
+    return out
+
+
+def _report_profile(run: dict[str, Any]) -> list[str]:
+    profile = run.get("profile") or {}
+    if profile.get("error") and not profile.get("self_percent"):
+        return [f"py-spy: {profile['error']}"]
+    if not profile.get("self_percent"):
+        return []
+    out = [
+        f"**py-spy, {run['path']} worker during an extra, unmeasured {profile['scenario']} run** "
+        f"({profile['samples']} samples)",
+        "",
+        "| self % | frame | | inclusive % | frame |",
+        "|---:|---|---|---:|---|",
+    ]
+    for (own, own_share), (inc, inc_share) in zip(profile["self_percent"], profile["inclusive_percent"], strict=False):
+        out.append(f"| {own_share} | `{own}` | | {inc_share} | `{inc}` |")
     out.append("")
-    targets = results.get("targets", [])
-    if targets:
-        out.append("**targets**")
-        out.append("")
-        out.append("| target | measured | met? |")
-        out.append("|---|---|---|")
-        for target in targets:
-            out.append(f"| {target['target']} | {target['measured']} | {target['met']} |")
-        out.append("")
-    for run in runs:
-        profile = run.get("profile") or {}
-        if profile.get("self_percent"):
-            out.append(
-                f"**py-spy, {run['path']} worker during an extra, unmeasured {profile['scenario']} run** "
-                f"({profile['samples']} samples)"
-            )
-            out.append("")
-            out.append("| self % | frame | | inclusive % | frame |")
-            out.append("|---:|---|---|---:|---|")
-            for (own, own_share), (inc, inc_share) in zip(
-                profile["self_percent"], profile["inclusive_percent"], strict=False
-            ):
-                out.append(f"| {own_share} | `{own}` | | {inc_share} | `{inc}` |")
-            out.append("")
-        elif profile.get("error"):
-            out.append(f"py-spy: {profile['error']}")
-    return "\n".join(out)
+    return out
 
 
 def evaluate(results: dict[str, Any], workers: int) -> list[dict[str, str]]:
