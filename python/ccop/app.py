@@ -20,11 +20,11 @@ import orjson
 from ccop import __version__
 from ccop._types import Receive, Scope, Send
 from ccop.calibration import Calibration
-from ccop.catalog import ModelCatalog
 from ccop.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, NotFound, ProxyError
 from ccop.logs import configure_logging, printable
 from ccop.messages import MessagesService, RequestRecord
-from ccop.model_list import find_entry, list_page, model_entries
+from ccop.model_facts import ModelCatalog
+from ccop.models_endpoint import find_entry, list_page, model_entries
 from ccop.responses import ClientDisconnected, read_body, send_bytes, send_error, send_json
 from ccop.security import (
     check_api_key,
@@ -39,7 +39,7 @@ from ccop.security import (
 )
 from ccop.settings import Settings, redacted_url
 from ccop.streaming import watch_shutdown
-from ccop.upstream import ChatSender, create_client, unreachable
+from ccop.upstream import OllamaChat, create_client, unreachable
 
 __all__ = ["ProxyApp", "create_app"]
 
@@ -68,10 +68,10 @@ class ProxyApp:
         watch_shutdown(self.settings.shutdown_grace)
 
     def _open(self) -> httpx.AsyncClient:
-        client, transport = create_client(self.settings.ollama_url, self.settings.ollama_api_key)
+        client = create_client(self.settings.ollama_url, self.settings.ollama_api_key)
         self._client = client
         self._catalog = ModelCatalog(client)
-        chat = ChatSender(client, transport)
+        chat = OllamaChat(client, self.settings.ollama_url)
         self._messages = MessagesService(self.settings, chat, self.calibration, self._catalog)
         return client
 

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,30 +17,33 @@ import orjson
 from ccop._core import InvalidJsonError, StreamTranslator, count_request_tokens
 from ccop._types import Receive, Send
 from ccop.calibration import Calibration
-from ccop.catalog import ModelCatalog, ModelInfo, not_installed
 from ccop.compaction import SUMMARY_ROOM, fit_compaction
 from ccop.errors import InvalidRequest, ProxyError, UpstreamError
-from ccop.models import map_model
+from ccop.model_facts import ModelCatalog, ModelInfo, not_installed
+from ccop.model_names import map_model
 from ccop.output_limit import OutputLimit
 from ccop.responses import send_bytes, send_json
 from ccop.settings import Settings
-from ccop.streaming import ClientGone, RelayOutcome, SseStream, drain, idle_watchdog, relay, watch_disconnect
+from ccop.streaming import (
+    ClientGone,
+    RelayOutcome,
+    SseStream,
+    drain,
+    idle_watchdog,
+    relay,
+    run_watched,
+    watch_disconnect,
+)
 from ccop.translate import ChatPlan, ModelTraits, build_chat_request
-from ccop.upstream import ChatSender, error_from_response, read_error_body, unreachable
+from ccop.upstream import OllamaChat, error_from_response, read_error_body
 from ccop.validation import parse_request_body, validate_count_tokens_request, validate_messages_request
 
 __all__ = ["MessagesService", "RequestRecord"]
 
 logger = logging.getLogger("ccop.messages")
 
-# How long to wait for Ollama's response headers before committing to a 200 event stream. Ollama rejects unknown
-# models and bad requests within milliseconds, so those still get a real HTTP status; a model that is loading
-# answers much later, and the client gets `message_start` and pings meanwhile.
-HEADER_GRACE = 0.25
 # How much of a request body a --verbose log line shows.
 _DEBUG_BYTES = 20_000
-# Waits before retrying a refused connection or a 503 from Ollama: bounded, about 1.75 s in all.
-RETRY_DELAYS = (0.25, 0.5, 1.0)
 # Counting a body this large is worth moving off the event loop (the Rust counter releases the interpreter).
 OFF_LOOP_BYTES = 1 << 20
 # Bodies from this size on are prepared one at a time per worker (see `MessagesService.create`).
@@ -81,12 +84,6 @@ async def _count(body: bytes) -> int:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 
-def _retry_reason(result: httpx.Response | httpx.TransportError) -> str:
-    if isinstance(result, httpx.Response):
-        return f"answered {result.status_code}"
-    return f"refused the connection ({result or type(result).__name__})"
-
-
 def _new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
@@ -94,7 +91,7 @@ def _new_message_id() -> str:
 class MessagesService:
     """The two message endpoints of one worker, sharing its Ollama client and calibration."""
 
-    def __init__(self, settings: Settings, chat: ChatSender, calibration: Calibration, catalog: ModelCatalog) -> None:
+    def __init__(self, settings: Settings, chat: OllamaChat, calibration: Calibration, catalog: ModelCatalog) -> None:
         self.settings = settings
         self.chat = chat
         self.calibration = calibration
@@ -154,7 +151,10 @@ class MessagesService:
                 raise error.with_traceback(None) from None
         translator = prepared.translator
         try:
-            await self._run(prepared.plan, translator, receive, send, request_id, record)
+            if prepared.plan.stream:
+                await self._stream(prepared, receive, send, request_id, record)
+            else:
+                await self._answer(prepared, receive, send, request_id, record)
         finally:
             self._count_tool_calls(translator, request_id)
             self.calibration.observe(prepared.ollama_model, prepared.raw_estimate, translator.prompt_eval_count)
@@ -247,161 +247,107 @@ class MessagesService:
         if repairs:
             logger.debug("%s tool calls repaired: %s", request_id, repairs)
 
-    async def _open(
-        self,
-        request: httpx.Request,
-        disconnected: asyncio.Task[None],
-        sse: SseStream | None,
-        translator: StreamTranslator,
-    ) -> httpx.Response | None:
-        """Ollama's response (headers read), or None when the client left first.
-
-        A refused connection or a 503 "server busy" is retried with backoff while the client has received nothing;
-        once bytes reached it, a retry could no longer be invisible.
-        """
-        deadline = time.monotonic() + self.settings.idle_timeout
-        for delay in (*RETRY_DELAYS, None):
-            response = await self._headers(request, disconnected, sse, translator, deadline, final=delay is None)
-            if response is None:
-                return None
-            if isinstance(response, httpx.Response) and response.status_code != 503:
-                return response
-            if delay is None or (sse is not None and sse.started):
-                if isinstance(response, httpx.Response):
-                    return response
-                raise unreachable(self.settings.ollama_url, response)
-            if isinstance(response, httpx.Response):
-                await response.aclose()
-            logger.info("Ollama %s; retrying in %g s", _retry_reason(response), delay)
-            waited, _ = await asyncio.wait({disconnected}, timeout=delay)
-            if waited:
-                return None
-        raise AssertionError("unreachable: the last attempt always returns or raises")
-
-    async def _headers(
-        self,
-        request: httpx.Request,
-        disconnected: asyncio.Task[None],
-        sse: SseStream | None,
-        translator: StreamTranslator,
-        deadline: float,
-        *,
-        final: bool,
-    ) -> httpx.Response | httpx.TransportError | None:
-        """One attempt: the response, a connection error worth retrying, or None if the client left."""
-        opening = asyncio.create_task(self.chat.send(request))
-        try:
-            waiting: set[asyncio.Task[Any]] = {opening, disconnected}
-            done: set[asyncio.Task[Any]] = set()
-            if sse is not None and not sse.started:
-                done, _ = await asyncio.wait(waiting, timeout=HEADER_GRACE, return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    await sse.start(translator.start())
-            if not done:
-                remaining = max(0.0, deadline - time.monotonic())
-                done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            if disconnected in done:
-                return None
-            if not done:
-                raise UpstreamError(
-                    f"Ollama sent nothing for {self.settings.idle_timeout:g} s; the answer was abandoned "
-                    "(raise --idle-timeout if the model needs longer to load)"
-                )
-            try:
-                return opening.result()
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if final:
-                    raise unreachable(self.settings.ollama_url, exc) from None
-                return exc
-            except httpx.TransportError as exc:
-                raise unreachable(self.settings.ollama_url, exc) from None
-        finally:
-            if not opening.done():
-                # Cancelling the send closes its connection, so Ollama stops working on the request.
-                opening.cancel()
-
-    async def _run(
-        self,
-        plan: ChatPlan,
-        translator: StreamTranslator,
-        receive: Receive,
-        send: Send,
-        request_id: str,
-        record: RequestRecord,
+    async def _stream(
+        self, prepared: _Prepared, receive: Receive, send: Send, request_id: str, record: RequestRecord
     ) -> None:
-        upstream_request = self.chat.request(orjson.dumps(plan.body))
-        disconnected = asyncio.create_task(watch_disconnect(receive))
-        sse = SseStream(send, request_id, self.settings.ping_interval) if plan.stream else None
-        response: httpx.Response | None = None
-        outcome = RelayOutcome()
-        tasks: list[asyncio.Task[Any]] = [disconnected]
-        try:
-            # Phase 1: wait for Ollama's response headers (model load and prompt reading happen here).
-            response = await self._open(upstream_request, disconnected, sse, translator)
-            if response is None:
-                record.outcome = "client disconnected before Ollama answered"
-                return
-            if response.status_code == 404:
-                # The model went away since it was looked up (ollama rm): forget it and say what is installed.
-                self.catalog.forget(plan.ollama_model)
-                raise not_installed(plan.ollama_model, await self.catalog.installed(), record.model)
-            if response.status_code != 200:
-                raise error_from_response(response.status_code, await read_error_body(response), plan.ollama_model)
-            if sse is not None and not sse.started:
+        """The streaming path: an SSE response, begun early when Ollama is slow to answer, ended by an error event
+        once it has begun."""
+        sse = SseStream(send, request_id, self.settings.ping_interval)
+        translator = prepared.translator
+
+        async def begin() -> None:
+            if not sse.started:
+                await sse.start(translator.start())
+
+        async def answered() -> None:
+            if not sse.started:
                 await sse.start(translator.start(), with_first_content=True)
 
-            # Phase 2: relay the answer, watching the client and the upstream's silence.
-            limit = OutputLimit(plan.max_tokens)
-            pump = asyncio.create_task(relay(response, translator, sse.write if sse else None, outcome, limit))
-            idle = asyncio.create_task(idle_watchdog(outcome, self.settings.idle_timeout, sse))
-            tasks += [pump, idle]
-            watched: set[asyncio.Task[Any]] = {pump, disconnected, idle}
-            finished, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-            if pump not in finished:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ClientGone, httpx.HTTPError):
-                    await pump
-                if disconnected in finished:
-                    record.outcome = "client disconnected mid-answer"
-                    return
-                # Why the watchdog gave up: Ollama's silence, a client that stopped reading, or a shutdown.
-                raise idle.result()
-            try:
-                tail = pump.result()
-            except httpx.TransportError as exc:
-                raise UpstreamError(
-                    f"the connection to Ollama broke mid-answer ({exc or type(exc).__name__})"
-                ) from None
-            if translator.error is not None:
-                record.outcome = f"upstream error: {translator.error[1]}"
-            elif translator.stopped:
-                record.outcome = "stop sequence"
-            elif outcome.capped:
-                record.outcome = f"Ollama went on past max_tokens ({plan.max_tokens}); the proxy ended the answer"
-            if sse is not None:
+        try:
+            tail = await self._exchange(prepared, receive, record, sse, begin=begin, answered=answered)
+            if tail is not None:
                 await sse.close(tail)
-                return
-            if translator.error is not None:
-                kind, message = translator.error
-                raise ProxyError(message, status=_ERROR_STATUS.get(kind, 500), error_type=kind)
-            await send_bytes(send, 200, translator.message(), headers=[(b"request-id", request_id.encode())])
         except ClientGone:
             record.outcome = "client disconnected mid-answer"
         except ProxyError as error:
             record.outcome = error.message
-            if sse is not None and sse.started:
-                with contextlib.suppress(ClientGone):
-                    await sse.fail(error)
-            else:
+            if not sse.started:
                 raise
+            with contextlib.suppress(ClientGone):
+                await sse.fail(error)
         finally:
-            for task in tasks:
-                task.cancel()
-            if response is not None:
-                # A finished answer's connection goes back to the pool; any other is closed, and Ollama notices
-                # the closed connection and stops generating.
-                await drain(outcome)
-                await response.aclose()
-            if sse is not None and sse.started and not sse.closed:
+            if sse.started and not sse.closed:
                 with contextlib.suppress(ClientGone):
                     await sse.close()
+
+    async def _answer(
+        self, prepared: _Prepared, receive: Receive, send: Send, request_id: str, record: RequestRecord
+    ) -> None:
+        """The JSON path: the translator accumulates the whole answer, sent as one message (or one error)."""
+        if await self._exchange(prepared, receive, record) is None:
+            return
+        translator = prepared.translator
+        if translator.error is not None:
+            kind, message = translator.error
+            raise ProxyError(message, status=_ERROR_STATUS.get(kind, 500), error_type=kind)
+        await send_bytes(send, 200, translator.message(), headers=[(b"request-id", request_id.encode())])
+
+    async def _exchange(
+        self,
+        prepared: _Prepared,
+        receive: Receive,
+        record: RequestRecord,
+        sse: SseStream | None = None,
+        *,
+        begin: Callable[[], Awaitable[None]] | None = None,
+        answered: Callable[[], Awaitable[None]] | None = None,
+    ) -> bytes | None:
+        """Ask Ollama and feed its answer through the translator, watched for the client leaving and for silence.
+
+        Returns the frames that end the stream, or None when the client left. `begin` runs when Ollama is slow to
+        send its response headers, `answered` once they came with a 200.
+        """
+        plan, translator = prepared.plan, prepared.translator
+        outcome = RelayOutcome()
+        opened: list[httpx.Response] = []
+
+        async def work() -> bytes:
+            response = await self.chat.open(
+                orjson.dumps(plan.body), on_slow_headers=begin, may_retry=lambda: sse is None or not sse.started
+            )
+            opened.append(response)
+            await self._check_status(response, plan, record)
+            if answered is not None:
+                await answered()
+            write = sse.write if sse is not None else None
+            return await relay(response, translator, write, outcome, OutputLimit(plan.max_tokens))
+
+        watchers = (lambda: watch_disconnect(receive), lambda: idle_watchdog(outcome, self.settings.idle_timeout, sse))
+        try:
+            tail = await run_watched(work(), watchers)
+        except ClientGone:
+            record.outcome = "client disconnected " + ("mid-answer" if opened else "before Ollama answered")
+            return None
+        except httpx.TransportError as exc:
+            raise UpstreamError(f"the connection to Ollama broke mid-answer ({exc or type(exc).__name__})") from None
+        finally:
+            if opened:
+                # A finished answer's connection goes back to the pool; any other is closed, and Ollama notices the
+                # closed connection and stops generating.
+                await drain(outcome)
+                await opened[0].aclose()
+        if translator.error is not None:
+            record.outcome = f"upstream error: {translator.error[1]}"
+        elif translator.stopped:
+            record.outcome = "stop sequence"
+        elif outcome.capped:
+            record.outcome = f"Ollama went on past max_tokens ({plan.max_tokens}); the proxy ended the answer"
+        return tail
+
+    async def _check_status(self, response: httpx.Response, plan: ChatPlan, record: RequestRecord) -> None:
+        if response.status_code == 404:
+            # The model went away since it was looked up (ollama rm): forget it and say what is installed.
+            self.catalog.forget(plan.ollama_model)
+            raise not_installed(plan.ollama_model, await self.catalog.installed(), record.model)
+        if response.status_code != 200:
+            raise error_from_response(response.status_code, await read_error_body(response), plan.ollama_model)

@@ -22,9 +22,12 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+import anyio
+import anyio.abc
 import httpx
 
 from ccop._core import StreamTranslator, encode_sse
@@ -39,13 +42,17 @@ __all__ = [
     "ShuttingDown",
     "SseStream",
     "drain",
+    "is_transport_closed",
     "idle_watchdog",
     "relay",
+    "run_watched",
     "watch_disconnect",
     "watch_shutdown",
 ]
 
 logger = logging.getLogger("ccop.shutdown")
+
+T = TypeVar("T")
 
 PING_FRAME = encode_sse("ping", b'{"type":"ping"}')
 # When Ollama's response head came at once, `message_start` waits this long for the first token to leave with it;
@@ -53,6 +60,16 @@ PING_FRAME = encode_sse("ping", b'{"type":"ping"}')
 FIRST_FRAMES_WAIT = 0.25
 # After the grace period, how long the running answers get to send their error event before the worker goes on.
 _END_WAIT = 2.0
+
+
+# What Granian's ASGI `send` raises (a RuntimeError: "ASGI flow error: Transport not initialized or closed") once the
+# response can no longer be written. Any other RuntimeError is a bug, and must not pass for a client that left.
+_TRANSPORT_CLOSED = "Transport not initialized or closed"
+
+
+def is_transport_closed(exc: BaseException) -> bool:
+    """Whether `exc` is Granian saying the response's transport is gone (the client disconnected)."""
+    return isinstance(exc, RuntimeError) and _TRANSPORT_CLOSED in str(exc)
 
 
 class ClientGone(Exception):
@@ -75,9 +92,6 @@ class ShuttingDown(ProxyError):
 class RelayOutcome:
     """What happened, for the request log and the calibration."""
 
-    completed: bool = False
-    error: tuple[str, str] | None = None
-    first_chunk_at: float | None = None
     # Starts at the upstream request, so the idle limit also covers model load and prompt processing.
     last_chunk_at: float = field(default_factory=time.monotonic)
     # What is left of a finished upstream body (its chunked terminator), for `drain`.
@@ -102,12 +116,44 @@ async def _exhaust(chunks: AsyncIterator[bytes]) -> None:
         pass
 
 
-async def watch_disconnect(receive: Receive) -> None:
-    """Returns when the client disconnects; Granian reports it only through `receive()`."""
+async def watch_disconnect(receive: Receive) -> ClientGone:
+    """Returns when the client disconnects (Granian reports it only through `receive()`), as the reason to stop."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return
+            return ClientGone("the client disconnected")
+
+
+async def run_watched(work: Awaitable[T], watchers: Iterable[Callable[[], Awaitable[BaseException]]]) -> T:
+    """`work`'s result, with its watchers running beside it as one structured group.
+
+    A watcher returns the reason to give up (a client that left, Ollama's silence, a shutdown): `work` is then
+    cancelled and that reason raised. Once `work` ends, by result or exception, the watchers are cancelled. Nothing
+    started here outlives the call, and cancelling `work` closes whatever upstream connection it held.
+    """
+    results: list[T] = []
+    failures: list[BaseException] = []
+
+    async def run_work(group: anyio.abc.TaskGroup) -> None:
+        try:
+            results.append(await work)
+        except Exception as exc:
+            failures.append(exc)  # raised after the group, unwrapped (a task group would wrap it in a group)
+        group.cancel_scope.cancel()
+
+    async def watch(watcher: Callable[[], Awaitable[BaseException]], group: anyio.abc.TaskGroup) -> None:
+        reason = await watcher()
+        if not results and not failures:
+            failures.append(reason)
+        group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run_work, group)
+        for watcher in watchers:
+            group.start_soon(watch, watcher, group)
+    if failures:
+        raise failures[0]
+    return results[0]
 
 
 class SseStream:
@@ -266,8 +312,10 @@ class SseStream:
     async def _guarded(self, sending: Awaitable[None]) -> None:
         try:
             await sending
-        except (OSError, RuntimeError) as exc:
-            # Granian raises once the peer is gone; from here on the request is only cleanup.
+        except RuntimeError as exc:
+            if not is_transport_closed(exc):
+                raise  # a bug (say, a message out of ASGI order) is not a client that left
+            # Granian raises this once the response's transport is gone; from here on the request is only cleanup.
             self.closed = True
             self._release()
             raise ClientGone from exc
@@ -288,8 +336,6 @@ async def relay(
     chunks = response.aiter_raw()
     async for chunk in chunks:
         outcome.last_chunk_at = time.monotonic()
-        if outcome.first_chunk_at is None:
-            outcome.first_chunk_at = outcome.last_chunk_at
         if limit is not None and limit.exceeded(chunk):
             # Ollama ignored num_predict: its whole lines up to here, then the done chunk it should have sent.
             chunk = limit.cut(chunk)
@@ -306,10 +352,7 @@ async def relay(
             # Only the chunked terminator is left; `drain` reads it after the client has its answer.
             outcome.rest = chunks
             break
-    tail = translator.finish()
-    outcome.error = translator.error
-    outcome.completed = translator.error is None
-    return tail
+    return translator.finish()
 
 
 async def idle_watchdog(outcome: RelayOutcome, idle_timeout: float, stream: SseStream | None = None) -> ProxyError:

@@ -1,12 +1,17 @@
-"""The connection to Ollama: one `httpx.AsyncClient` per worker, and Ollama's errors in Anthropic's terms."""
+"""The connection to Ollama: one `httpx.AsyncClient` per worker, opening chat answers (with their retries and the
+header grace window), and Ollama's errors in Anthropic's terms."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import re
+from collections.abc import Awaitable, Callable
 
 import httpx
 import orjson
+from httpx_aiohttp import AiohttpTransport
 
 from ccop._core import __version__
 from ccop.errors import (
@@ -18,17 +23,19 @@ from ccop.errors import (
     UpstreamError,
 )
 from ccop.settings import redacted_url
-from ccop.transport import OllamaTransport
 
 __all__ = [
     "CONNECT_TIMEOUT",
-    "ChatSender",
+    "HEADER_GRACE",
+    "OllamaChat",
     "create_client",
     "error_from_response",
     "ollama_endpoint",
     "read_error_body",
     "unreachable",
 ]
+
+logger = logging.getLogger("ccop.upstream")
 
 # Ollama runs next to the proxy: if it does not accept a connection within seconds it is not running.
 CONNECT_TIMEOUT = 5.0
@@ -37,6 +44,12 @@ CONNECT_TIMEOUT = 5.0
 ERROR_BODY_LIMIT = 8192
 # The longest Ollama error message passed on to the client.
 _MESSAGE_CHARS = 2000
+# How long to wait for Ollama's response headers before committing to a 200 event stream. Ollama rejects unknown
+# models and bad requests within milliseconds, so those still get a real HTTP status; a model that is loading
+# answers much later, and the client gets `message_start` and pings meanwhile.
+HEADER_GRACE = 0.25
+# Waits before retrying a refused connection or a 503 from Ollama: bounded, about 1.75 s in all.
+RETRY_DELAYS = (0.25, 0.5, 1.0)
 _CONTEXT_OVERFLOW = re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)")
 
 
@@ -44,8 +57,8 @@ def ollama_endpoint(ollama_url: str, api_key: str | None = None) -> tuple[httpx.
     """The base URL to reach Ollama at, and the credentials every request to it carries, as a header.
 
     Credentials in the URL (`http://user:pass@host`) become Basic authentication and `api_key` a Bearer token (it
-    wins over the URL's). As a default header of the client they go on every request, including the chat requests
-    `ChatSender` sends past httpx's own authentication step, and they stay out of the URL that errors and logs show.
+    wins over the URL's). As a default header of the client they go on every request, and they stay out of the URL
+    that errors and logs show.
     """
     url = httpx.URL(ollama_url)
     headers: dict[str, str] = {}
@@ -58,45 +71,106 @@ def ollama_endpoint(ollama_url: str, api_key: str | None = None) -> tuple[httpx.
     return url, headers
 
 
-def create_client(ollama_url: str, api_key: str | None = None) -> tuple[httpx.AsyncClient, OllamaTransport]:
-    """The worker's client to Ollama, and its transport (the connection pool) for `ChatSender`."""
+# Connections to Ollama per worker: far more than Ollama serves at once (OLLAMA_NUM_PARALLEL, then its queue of
+# OLLAMA_MAX_QUEUE, 512 by default), so the cap only bounds a worker's sockets; a request past it waits for a
+# connection, watched for its client's disconnect and the idle limit like any other wait for Ollama.
+MAX_CONNECTIONS = 1024
+# Idle keep-alive connections kept per worker, and for how long: a busy worker reuses them for every request.
+MAX_IDLE_CONNECTIONS = 256
+IDLE_EXPIRY = 30.0
+
+
+def create_client(ollama_url: str, api_key: str | None = None) -> httpx.AsyncClient:
+    """The worker's client to Ollama: httpx's API over aiohttp's connection pool and C HTTP parser."""
     # No read timeout: loading a model and reading a long prompt can take minutes, and the stream's own idle
     # watchdog decides when silence means failure. `trust_env=False` keeps HTTP(S)_PROXY settings meant for the
     # internet from rerouting a local Ollama.
     timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=None, write=60.0, pool=None)
-    transport = OllamaTransport(max_idle=256, idle_expiry=30.0)
+    limits = httpx.Limits(
+        max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS, keepalive_expiry=IDLE_EXPIRY
+    )
+    # Why aiohttp's transport rather than httpx's own (h11): docs/ARCHITECTURE.md, "The client to Ollama".
+    transport = AiohttpTransport(limits=limits, trust_env=False)
     # The answer is relayed as the raw bytes Ollama sent: a compressing reverse proxy in front of Ollama must not
     # compress it.
     base_url, credentials = ollama_endpoint(ollama_url, api_key)
     headers = {"accept-encoding": "identity", "user-agent": f"ccop/{__version__}", **credentials}
-    client = httpx.AsyncClient(
-        base_url=base_url, timeout=timeout, transport=transport, headers=headers, trust_env=False
-    )
-    return client, transport
+    return httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport, headers=headers, trust_env=False)
 
 
-class ChatSender:
-    """Sends `/api/chat` requests straight through the client's connection pool.
+class OllamaChat:
+    """Opens `/api/chat` answers over the worker's client, retrying what a retry cannot make visible.
 
-    Chat requests need none of what `AsyncClient.send` adds around the transport (authentication, redirects,
-    cookies, event hooks), and skipping it takes a noticeable share of the proxy's added time to first token.
-    The request itself is still built by the client, so URL, headers (the credentials to Ollama among them, see
-    `ollama_endpoint`) and timeouts are the client's.
+    Waiting for Ollama's response headers covers model loading and prompt reading, which can take minutes: the
+    caller runs `open` under its watchers (client disconnect, idle limit), and cancelling it closes the connection,
+    so Ollama stops working on the request.
     """
 
-    def __init__(self, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, client: httpx.AsyncClient, ollama_url: str) -> None:
         self._client = client
-        self._transport = transport
-        self._url = client.base_url.join("/api/chat")
+        self._ollama_url = ollama_url
         self._headers = httpx.Headers({"content-type": "application/json", "accept": "*/*"})
 
-    def request(self, body: bytes) -> httpx.Request:
-        return self._client.build_request("POST", self._url, content=body, headers=self._headers)
+    async def open(
+        self,
+        body: bytes,
+        *,
+        on_slow_headers: Callable[[], Awaitable[None]] | None = None,
+        may_retry: Callable[[], bool] = lambda: True,
+    ) -> httpx.Response:
+        """Ollama's streamed response, its headers read (any status: the caller maps errors).
 
-    async def send(self, request: httpx.Request) -> httpx.Response:
-        response = await self._transport.handle_async_request(request)
-        response.request = request
-        return response
+        `on_slow_headers` runs once the headers have taken `HEADER_GRACE` seconds (a streaming answer starts then).
+        A refused connection or a 503 "server busy" is retried with backoff while `may_retry()` (the client has
+        received nothing: once bytes reached it, a retry could no longer be invisible).
+        """
+        request = self._client.build_request("POST", "/api/chat", content=body, headers=self._headers)
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                response = await self._send(request, on_slow_headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if delay is None or not may_retry():
+                    raise unreachable(self._ollama_url, exc) from None
+                reason = f"refused the connection ({exc or type(exc).__name__})"
+            except httpx.TransportError as exc:
+                raise unreachable(self._ollama_url, exc) from None
+            else:
+                if response.status_code != 503 or delay is None or not may_retry():
+                    return response
+                await response.aclose()
+                reason = "answered 503"
+            logger.info("Ollama %s; retrying in %g s", reason, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt always returns or raises")
+
+    async def _send(
+        self, request: httpx.Request, on_slow_headers: Callable[[], Awaitable[None]] | None
+    ) -> httpx.Response:
+        sending = asyncio.ensure_future(self._client.send(request, stream=True))
+        try:
+            if on_slow_headers is not None:
+                done, _ = await asyncio.wait({sending}, timeout=HEADER_GRACE)
+                if not done:
+                    await on_slow_headers()
+            return await sending
+        except BaseException:
+            # Cancelled (or failed) while waiting: cancelling the send closes its connection, so Ollama stops; a
+            # response that made it anyway is closed too.
+            sending.cancel()
+            sending.add_done_callback(_close_unclaimed)
+            raise
+
+
+def _close_unclaimed(sending: asyncio.Future[httpx.Response]) -> None:
+    """A response that arrived after its request was abandoned: close it, which closes its connection."""
+    if not sending.cancelled() and sending.exception() is None:
+        task = asyncio.ensure_future(sending.result().aclose())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+
+
+# Tasks are weakly referenced by the loop: this keeps the closing tasks alive until they are done.
+_CLOSING: set[asyncio.Future[None]] = set()
 
 
 def unreachable(ollama_url: str, exc: Exception) -> UpstreamError:
