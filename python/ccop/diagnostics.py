@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import httpx
 import orjson
 
-from ccop.catalog import ModelInfo, parse_show
+from ccop.model_facts import ModelInfo, parse_show
 from ccop.settings import DEFAULT_NUM_CTX, Settings, redacted_url
 from ccop.upstream import ollama_endpoint
 

@@ -15,7 +15,7 @@ import orjson
 
 from ccop._core import heal_tool_arguments
 from ccop.errors import InvalidRequest
-from ccop.models import ThinkLevel, budget_to_level
+from ccop.model_names import ThinkLevel, budget_to_level
 
 __all__ = ["ChatPlan", "ModelTraits", "build_chat_request", "strip_billing_header"]
 

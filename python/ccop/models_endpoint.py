@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs
 
-from ccop.catalog import InstalledModel
 from ccop.errors import InvalidRequest, NotFound
+from ccop.model_facts import InstalledModel
 
 __all__ = ["list_page", "model_entries", "find_entry"]
 

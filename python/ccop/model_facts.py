@@ -17,7 +17,7 @@ import httpx
 import orjson
 
 from ccop.errors import ModelNotFound
-from ccop.models import takes_think_levels, thinks_by_name
+from ccop.model_names import takes_think_levels, thinks_by_name
 from ccop.settings import DEFAULT_NUM_CTX
 
 __all__ = ["TTL", "InstalledModel", "ModelCatalog", "ModelInfo", "not_installed", "parse_show"]
