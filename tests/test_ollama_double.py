@@ -16,15 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from ollama_double import (
     ModelSpec,
     OllamaDouble,
     Reply,
     estimate_prompt_tokens,
-    go_base64_error_offset,
     make_tool_call,
 )
 
@@ -187,14 +184,10 @@ def test_show_lookup_and_errors(client: httpx.Client) -> None:
     assert (empty.status_code, empty.json()) == (400, {"error": "missing request body"})
 
 
-def test_ps_tracks_loads_and_num_ctx(ollama: OllamaDouble, client: httpx.Client) -> None:
-    assert client.get("/api/ps").json() == {"models": []}
+def test_loads_track_num_ctx(ollama: OllamaDouble, client: httpx.Client) -> None:
+    assert ollama.loaded_models == {}
     client.post("/api/chat", json=chat_body(options={"num_ctx": 8192}))
-    ps = client.get("/api/ps").json()["models"]
-    assert [(m["name"], m["context_length"]) for m in ps] == [("qwen3:8b", 8192)]
-    assert list(ps[0]) == ["name", "model", "size", "digest", "details", "expires_at", "size_vram", "context_length"]
-    assert RFC3339_NANO.match(ps[0]["expires_at"])
-
+    assert ollama.loaded_models == {"qwen3:8b": 8192}
     client.post("/api/chat", json=chat_body(options={"num_ctx": 8192}))
     assert ollama.model_loads == [("qwen3:8b", 8192)]  # same num_ctx: no reload
     client.post("/api/chat", json=chat_body(options={"num_ctx": 16384.0}))
@@ -202,10 +195,6 @@ def test_ps_tracks_loads_and_num_ctx(ollama: OllamaDouble, client: httpx.Client)
     # num_ctx is capped at the model's training context (gemma2: 8192).
     client.post("/api/chat", json=chat_body("gemma2", options={"num_ctx": 65536}))
     assert ollama.loaded_models["gemma2:latest"] == 8192
-
-    unload = client.post("/api/chat", json={"model": "qwen3:8b", "messages": [], "keep_alive": 0}).json()
-    assert unload["done_reason"] == "unload"
-    assert "qwen3:8b" not in ollama.loaded_models
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -227,19 +216,19 @@ TOOLS = [
     }
 ]
 
+# Ollama's own texts where ccop reads them or passes them on (unknown model, capabilities, the context overflow,
+# options and format); the rest of what Go's decoder refuses is one plain 400 naming the field.
 VALIDATION_CASES: list[tuple[str, Any, int, str]] = [
     ("empty body", b"", 400, "missing request body"),
     ("whitespace body", b" \r\n ", 400, "missing request body"),
-    ("bad json", b"{not json", 400, "invalid character 'n' looking for beginning of object key string"),
-    ("bad value", b'{"model": x}', 400, "invalid character 'x' looking for beginning of value"),
-    ("truncated", b'{"model":"qwen3:8b",', 400, "unexpected EOF"),
-    ("missing comma", b'{"model":"a" "b"}', 400, "invalid character '\"' after object key:value pair"),
-    ("not an object", b"[1]", 400, "json: cannot unmarshal array into Go value of type api.ChatRequest"),
+    ("bad json", b"{not json", 400, "invalid JSON body"),
+    ("truncated", b'{"model":"qwen3:8b",', 400, "invalid JSON body"),
+    ("not an object", b"[1]", 400, "invalid request body: not a JSON object"),
     (
         "content array",
         {"model": "qwen3:8b", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
         400,
-        "json: cannot unmarshal array into Go struct field Message.messages.content of type string",
+        "invalid request: messages[0].content must be a string",
     ),
     (
         "arguments string",
@@ -255,15 +244,9 @@ VALIDATION_CASES: list[tuple[str, Any, int, str]] = [
             ],
         },
         400,
-        "json: cannot unmarshal string into Go struct field ChatRequest.messages.tool_calls.function.arguments"
-        " of type api.ToolCallFunctionArguments",
+        "invalid request: messages[1].tool_calls[0].function.arguments must be an object",
     ),
-    (
-        "model not a string",
-        {"model": 3, "messages": USER},
-        400,
-        "json: cannot unmarshal number into Go struct field ChatRequest.model of type string",
-    ),
+    ("model not a string", {"model": 3, "messages": USER}, 400, "invalid request: model must be a string"),
     ("model empty", {"model": "", "messages": USER}, 400, "model is required"),
     ("model missing", {"messages": USER}, 400, "model is required"),
     ("model invalid", {"model": "bad name!", "messages": USER}, 400, "invalid model name"),
@@ -286,36 +269,22 @@ VALIDATION_CASES: list[tuple[str, Any, int, str]] = [
         400,
         '"gemma2" does not support thinking',
     ),
-    (
-        "think bad level",
-        {"model": "qwen3:8b", "messages": USER, "think": "extreme"},
-        400,
-        'invalid think value: "extreme" (must be "high", "medium", "low", "max", true, or false)',
-    ),
+    ("think bad level", {"model": "qwen3:8b", "messages": USER, "think": "extreme"}, 400, "invalid request: think"),
     (
         "image with data prefix",
         {"model": "llava", "messages": [{"role": "user", "content": "x", "images": ["data:image/png;base64,iVBO"]}]},
         400,
-        "illegal base64 data at input byte 4",
+        "illegal base64 data in messages[0].images[0]",
     ),
     (
         "image missing padding",
         {"model": "llava", "messages": [{"role": "user", "content": "x", "images": ["iVBORw0KGgo"]}]},
         400,
-        "illegal base64 data at input byte 8",
+        "illegal base64 data in messages[0].images[0]",
     ),
-    (
-        "stop not an array",
-        chat_body(options={"stop": "x"}),
-        500,
-        'option "stop" must be of type array',
-    ),
-    (
-        "num_ctx not a number",
-        chat_body(options={"num_ctx": "8k"}),
-        500,
-        'option "num_ctx" must be of type integer',
-    ),
+    ("keep_alive not a duration", chat_body(keep_alive=[5]), 400, "invalid request: keep_alive"),
+    ("stop not an array", chat_body(options={"stop": "x"}), 500, 'option "stop" must be of type array'),
+    ("num_ctx not a number", chat_body(options={"num_ctx": "8k"}), 500, 'option "num_ctx" must be of type integer'),
     (
         "temperature not a number",
         chat_body(options={"temperature": "hot"}),
@@ -339,18 +308,6 @@ VALIDATION_CASES: list[tuple[str, Any, int, str]] = [
         400,
         "request (2100 tokens) exceeds the available context size (2048 tokens), try increasing it",
     ),
-    (
-        "bad keep_alive unit",
-        chat_body(keep_alive="5x"),
-        400,
-        'time: unknown unit "x" in duration "5x"',
-    ),
-    (
-        "keep_alive without unit",
-        chat_body(keep_alive="5"),
-        400,
-        'time: missing unit in duration "5"',
-    ),
 ]
 
 
@@ -365,7 +322,7 @@ def test_chat_validation(ollama: OllamaDouble, client: httpx.Client, body: Any, 
         response = client.post("/api/chat", json=body)
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json; charset=utf-8"
-    assert response.json() == {"error": error}
+    assert response.json()["error"].startswith(error)
     # A refused request consumes no scripted reply and produces no stream.
     assert ollama.pending_replies() == 1
     assert ollama.chat_streams == []
@@ -375,8 +332,7 @@ def test_tool_schema_properties_array_is_refused(client: httpx.Client) -> None:
     tools = [{"type": "function", "function": {"name": "X", "parameters": {"type": "object", "properties": []}}}]
     response = client.post("/api/chat", json=chat_body(tools=tools))
     assert response.status_code == 400
-    assert response.json()["error"].startswith("json: cannot unmarshal array into Go struct field")
-    assert response.json()["error"].endswith("properties of type map[string]api.ToolProperty")
+    assert response.json()["error"] == "invalid request: tools[0].function.parameters.properties must be an object"
 
 
 @pytest.mark.parametrize(
@@ -767,36 +723,29 @@ def test_stop_releases_hanging_streams() -> None:
         _ = double.url
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Go base64 port
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@given(st.binary(max_size=200))
-def test_base64_accepts_standard_encodings(data: bytes) -> None:
-    encoded = base64.b64encode(data)
-    assert go_base64_error_offset(encoded) is None
-    # Go skips line breaks inside the data.
-    assert go_base64_error_offset(b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))) is None
-
-
-@pytest.mark.parametrize(
-    ("text", "offset"),
-    [
-        (b"", None),
-        (b"AB==", None),
-        (b"ABC=", None),
-        (b"A", 0),
-        (b"AAA", 0),
-        (b"AAAAAA", 4),
-        (b"A===", 1),
-        (b"AA=A", 2),
-        (b"AAAA=", 4),
-        (b"ABC=x", 4),
-        (b"AA==AAAA", 4),
-        (b"data:image/png;base64,iVBOR", 4),
-        (b"iVBO-w0K", 4),
-    ],
-)
-def test_base64_error_offsets(text: bytes, offset: int | None) -> None:
-    assert go_base64_error_offset(text) == offset
+def test_parallel_slots_queue_requests() -> None:
+    release = threading.Event()
+    with OllamaDouble(num_parallel=1) as double:
+        double.enqueue(*(Reply(content=f"stream {i}", hold_until=release) for i in range(2)))
+        clients = [httpx.Client(base_url=double.url, timeout=10.0) for _ in range(2)]
+        try:
+            streams = [c.stream("POST", "/api/chat", json=chat_body()) for c in clients]
+            # The first holds the only slot (and sends its head); the second waits for the slot, head unsent.
+            first = streams[0].__enter__()
+            assert double.wait_for_active_streams(1, timeout=5)
+            waiting = threading.Thread(target=streams[1].__enter__)
+            waiting.start()
+            assert double.wait_for_requests(2, timeout=5, path="/api/chat")
+            assert not double.wait_for_active_streams(2, timeout=0.2)
+            release.set()
+            assert "".join(json.loads(line)["message"]["content"] for line in first.iter_lines()) == "stream 0"
+            waiting.join(timeout=5)
+            assert double.wait_for_streams_finished(timeout=5)
+            for s in streams:
+                s.__exit__(None, None, None)
+        finally:
+            for c in clients:
+                c.close()
+        assert double.max_active_streams == 1
+        assert [record.completed for record in double.chat_streams] == [True, True]
+        assert double.internal_errors == []
