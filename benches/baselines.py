@@ -30,7 +30,6 @@ from typing import Any
 import orjson
 
 __all__ = [
-    "PyNdjsonSplitter",
     "PyStreamTranslator",
     "build_request_body",
     "build_stream",
@@ -71,8 +70,8 @@ class LineTooLong(Exception):
     """A line passed the limit (the Python twin of ``ccop._core.LineTooLongError``)."""
 
 
-class PyNdjsonSplitter:
-    """Incremental NDJSON splitter with the Rust ``NdjsonSplitter`` rules for well-formed input.
+class _LineSplitter:
+    """Incremental NDJSON splitter of the stream baseline, with the Rust ``LineSplitter`` rules for well-formed input.
 
     Lines end at ``\\n`` (one ``\\r`` before it is dropped), blank lines are skipped; an unterminated tail longer
     than the limit raises :class:`LineTooLong` (the Rust splitter's recovery after that is not modelled).
@@ -424,7 +423,7 @@ class PyStreamTranslator:
         self._model = model
         self._estimate = input_tokens_estimate
         self._max_tokens = max_tokens
-        self._splitter = PyNdjsonSplitter()
+        self._splitter = _LineSplitter()
         # (kind, parts): a text block keeps its text as a list of parts, a tool_use block [name, input JSON].
         self._blocks: list[tuple[str, list[str]]] = []
         self._tool_ids: set[str] = set()

@@ -24,7 +24,6 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from baselines import (
     PyChunkedDecoder,
-    PyNdjsonSplitter,
     PyStreamTranslator,
     build_request_body,
     build_stream,
@@ -133,32 +132,6 @@ def test_stream_line_per_read(benchmark: BenchmarkFixture, impl: str) -> None:
     assert benchmark(_translate, factory, LINES) == expected
     _record(benchmark, lines=len(LINES))
     benchmark.extra_info.update(bytes_in=len(STREAM), bytes_out=len(expected))
-
-
-def _split_rust(reads: Sequence[bytes]) -> list[bytes]:
-    splitter = _core.NdjsonSplitter()
-    lines = []
-    for read in reads:
-        lines += splitter.feed(read)
-    return lines + splitter.finish()
-
-
-def _split_python(reads: Sequence[bytes]) -> list[bytes]:
-    splitter = PyNdjsonSplitter()
-    lines = []
-    for read in reads:
-        lines += splitter.feed(read)
-    return lines + splitter.finish()
-
-
-@pytest.mark.benchmark(group="1c split only: 502 NDJSON lines in 1-4 KB reads")
-@pytest.mark.parametrize("impl", IMPLS)
-def test_ndjson_split(benchmark: BenchmarkFixture, impl: str) -> None:
-    expected = [line.rstrip(b"\n") for line in LINES]
-    assert _split_rust(PIECES) == expected
-    assert _split_python(PIECES) == expected
-    assert benchmark(_split_rust if impl == "rust" else _split_python, PIECES) == expected
-    _record(benchmark, lines=len(LINES), reads=len(PIECES))
 
 
 CHUNKED_READS = cut_pieces(chunk_encode(LINES), 1024, 4096)

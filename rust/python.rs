@@ -11,12 +11,11 @@
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::chunked;
 use crate::errors;
 use crate::heal;
-use crate::ndjson::LineSplitter;
 use crate::nesting;
 use crate::schema::ToolSet;
 use crate::sse;
@@ -123,60 +122,6 @@ fn encode_sse<'py>(py: Python<'py>, event: &str, data: &[u8]) -> PyResult<Bound<
         sse::write_frame_into(buf, event, data);
         Ok(())
     })
-}
-
-/// Incremental NDJSON splitter: feed raw chunks, get complete non-blank lines.
-#[pyclass(module = "ccop._core", name = "NdjsonSplitter")]
-struct NdjsonSplitter {
-    inner: LineSplitter,
-}
-
-/// Collect a splitter's lines as `bytes`; the first error is raised after the whole input was consumed, so the
-/// splitter stays consistent (the over-long line is discarded up to its newline).
-fn collect_lines(
-    py: Python<'_>,
-    run: impl FnOnce(&mut dyn FnMut(Result<&[u8], errors::CoreError>)),
-) -> PyResult<Bound<'_, PyList>> {
-    let mut lines = Vec::new();
-    let mut error = None;
-    run(&mut |line| match line {
-        Ok(line) => lines.push(PyBytes::new(py, line)),
-        Err(err) => {
-            error.get_or_insert(err);
-        }
-    });
-    if let Some(err) = error {
-        return Err(err.into());
-    }
-    PyList::new(py, lines)
-}
-
-#[pymethods]
-impl NdjsonSplitter {
-    #[new]
-    #[pyo3(signature = (*, max_line_bytes = 16_777_216))]
-    fn new(max_line_bytes: usize) -> Self {
-        Self {
-            inner: LineSplitter::new(max_line_bytes),
-        }
-    }
-
-    /// Feed one raw chunk; return the lines it completed, without terminators.
-    #[pyo3(signature = (chunk, /))]
-    fn feed<'py>(&mut self, py: Python<'py>, chunk: &[u8]) -> PyResult<Bound<'py, PyList>> {
-        collect_lines(py, |on_line| self.inner.feed(chunk, on_line))
-    }
-
-    /// End of input: return the last line if it had no newline.
-    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        collect_lines(py, |on_line| self.inner.finish(on_line))
-    }
-
-    /// Bytes of an incomplete line held back.
-    #[getter]
-    fn buffered(&self) -> usize {
-        self.inner.buffered()
-    }
 }
 
 /// Decoder of one HTTP/1.1 chunked body, fed socket reads.
@@ -353,14 +298,14 @@ impl StreamTranslator {
     }
 }
 
-/// Rust core of claude-code-ollama-proxy: NDJSON splitting, SSE encoding, tool-argument healing, token
+/// Rust core of claude-code-ollama-proxy: SSE encoding, tool-argument healing, token
 /// counting and the Ollama-to-Anthropic stream translator.
 #[pymodule(gil_used = false, module = "ccop")]
 mod _core {
     #[pymodule_export]
     use super::{
-        ChunkedDecoder, CoreError, InvalidJsonError, LineTooLongError, NdjsonSplitter, StreamTranslator,
-        count_request_tokens, count_tokens, encode_sse, heal_tool_arguments, json_nesting_depth,
+        ChunkedDecoder, CoreError, InvalidJsonError, LineTooLongError, StreamTranslator, count_request_tokens,
+        count_tokens, encode_sse, heal_tool_arguments, json_nesting_depth,
     };
     use pyo3::prelude::*;
 

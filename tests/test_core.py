@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ccop import _core
 
-# -- NDJSON splitter ------------------------------------------------------------------------------------------------
+# -- shared strategies ----------------------------------------------------------------------------------------------
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
@@ -28,45 +28,6 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
         pieces.append(data[previous:point])
         previous = point
     return pieces
-
-
-@given(records=st.lists(json_values, min_size=1, max_size=8), cuts=st.lists(st.integers(0, 10_000), max_size=12))
-def test_random_chunkings_give_the_same_records(records: list[Any], cuts: list[int]) -> None:
-    stream = b"".join(orjson.dumps(record) + b"\n" for record in records)
-    splitter = _core.NdjsonSplitter()
-    lines: list[bytes] = []
-    for piece in split_at(stream, cuts):
-        lines.extend(splitter.feed(piece))
-    lines.extend(splitter.finish())
-    assert [orjson.loads(line) for line in lines] == records
-
-
-@given(data=st.binary(max_size=2000), cuts=st.lists(st.integers(0, 5000), max_size=8))
-def test_arbitrary_bytes_never_crash_the_splitter(data: bytes, cuts: list[int]) -> None:
-    splitter = _core.NdjsonSplitter(max_line_bytes=256)
-    for piece in split_at(data, cuts):
-        try:
-            splitter.feed(piece)
-        except _core.LineTooLongError:
-            pass
-    splitter.finish()
-
-
-def test_splitter_edge_cases() -> None:
-    splitter = _core.NdjsonSplitter()
-    assert splitter.feed(b'{"a":1}\r\n\n  \n{"b":') == [b'{"a":1}']
-    assert splitter.buffered == len(b'{"b":')
-    assert splitter.feed('2}\n{"c":"é'.encode()[:-1]) == [b'{"b":2}']
-    assert splitter.feed("é".encode()[-1:] + b'"}') == []
-    assert splitter.finish() == ['{"c":"é"}'.encode()]
-
-
-def test_over_long_line_is_an_error_and_the_splitter_recovers() -> None:
-    splitter = _core.NdjsonSplitter(max_line_bytes=10)
-    with pytest.raises(_core.LineTooLongError):
-        splitter.feed(b"x" * 50)
-    assert splitter.feed(b"yyy\n{}\n") == [b"{}"]
-    assert isinstance(_core.LineTooLongError("x"), ValueError)
 
 
 # -- chunked body decoding ------------------------------------------------------------------------------------------

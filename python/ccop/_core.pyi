@@ -1,6 +1,6 @@
 """Rust core of claude-code-ollama-proxy (hand-written stub, checked with ``python -m mypy.stubtest ccop._core``).
 
-Chunked-body decoding, NDJSON splitting, SSE encoding, tool-argument healing, token counting and the
+Chunked-body decoding, SSE encoding, tool-argument healing, token counting and the
 Ollama-to-Anthropic stream translator. Exceptions::
 
     ValueError
@@ -17,7 +17,6 @@ __all__ = [
     "CoreError",
     "InvalidJsonError",
     "LineTooLongError",
-    "NdjsonSplitter",
     "StreamTranslator",
     "count_request_tokens",
     "count_tokens",
@@ -137,47 +136,6 @@ class ChunkedDecoder:
     @property
     def excess(self) -> int:
         """Bytes received after the end of the body; they belong to no response."""
-
-@final
-class NdjsonSplitter:
-    """Incremental NDJSON splitter: feed raw byte chunks, get complete lines.
-
-    Lines end at ``\\n`` (an ``\\r`` before it is dropped too); blank lines are skipped. A line longer than
-    ``max_line_bytes`` raises ``LineTooLongError`` once; the rest of that line is discarded up to its newline
-    and the splitter stays usable. Other lines completed by the same call are dropped along with the error.
-    """
-
-    def __new__(cls, *, max_line_bytes: int = 16777216) -> NdjsonSplitter:
-        """Create a splitter.
-
-        Args:
-            max_line_bytes: Longest accepted line in bytes, terminator excluded.
-        """
-
-    def feed(self, chunk: bytes, /) -> list[bytes]:
-        """Feed one raw chunk.
-
-        Args:
-            chunk: Bytes exactly as received; lines and UTF-8 characters may be split anywhere.
-
-        Returns:
-            The complete, non-blank lines, without terminators.
-
-        Raises:
-            LineTooLongError: A line exceeded ``max_line_bytes``.
-        """
-
-    def finish(self) -> list[bytes]:
-        """Signal end of input and reset.
-
-        Returns:
-            The last line if it had no newline (and is not blank), else an empty list. (An over-long last line
-            was already reported by ``feed``.)
-        """
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of an incomplete line held back."""
 
 @final
 class StreamTranslator:
