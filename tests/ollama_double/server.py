@@ -1,12 +1,13 @@
 """The double's HTTP/1.1 server: asyncio streams for the socket, h11 for the protocol, a background thread for the
 loop.
 
-Why not a web framework (aiohttp, Granian, uvicorn): the tests need to decide which bytes leave in which TCP write
-(``Reply.split_every`` splits bodies anywhere, even inside a UTF-8 character), when the response head goes out
-(``first_byte_delay``, ``first_line_after``), and to notice a client that goes away while nothing is being written.
-Frameworks buffer the head until the first body write and coalesce or re-chunk writes, and none reports a vanished
-client between writes. h11 (python-hyper's sans-IO HTTP/1.1, already installed with httpx) parses requests and frames
-responses, chunked or for HTTP/1.0, and leaves every write to us.
+Why not a server library: the tests decide which bytes leave in which TCP write (``Reply.split_every`` splits bodies
+anywhere, even inside a UTF-8 character), when the response head goes out (``first_byte_delay``,
+``first_line_after``), and must notice a client that goes away while nothing is being written. An ASGI server
+(Granian, uvicorn) decides itself how body messages become chunks and writes; aiohttp holds the head back until the
+first body write and reports a vanished client only by cancelling the handler, an option that is off by default. h11
+(python-hyper's sans-IO HTTP/1.1, installed with httpx) parses the requests and frames the responses, chunked or
+close-delimited for HTTP/1.0, and leaves every write to us.
 """
 
 from __future__ import annotations
