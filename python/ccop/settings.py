@@ -151,7 +151,7 @@ class Settings:
         values: dict[str, Any] = {}
         for option in OPTIONS:
             layers = [_flag_value(option, flags.get(option.name))]
-            if option.env and option.env in environ:
+            if option.env in environ:
                 layers.append(option.parse(environ[option.env], f"environment variable {option.env}"))
             elif option.fallback_env and environ.get(option.fallback_env, "").strip():
                 # Ollama's own OLLAMA_HOST, so a machine set up for the `ollama` command needs nothing more.
@@ -190,7 +190,7 @@ def _flag_value(option: Option, value: Any) -> Any:
 class Option:
     name: str
     config_key: str
-    env: str | None
+    env: str  # every setting has an environment variable
     kind: str  # "str" | "int" | "bool" | "url" | "port" | "map" | "int_map" | "choice" | "float" | "list"
     # The flag's help: what the setting does. The CLI adds the environment variable and the default from this row.
     help: str
