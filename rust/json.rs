@@ -73,13 +73,6 @@ impl Window {
         a | b << 16 | c << 32 | d << 48
     }
 
-    /// Bytes equal to `byte`.
-    #[inline]
-    pub(crate) fn eq(self, byte: u8) -> u64 {
-        let splat = u8x16::splat(byte);
-        self.mask(|v| v.simd_eq(splat))
-    }
-
     /// Whether any byte is non-ASCII: one vector test, cheaper than [`Window::high`].
     #[inline]
     pub(crate) fn any_high(self) -> bool {
@@ -100,60 +93,6 @@ impl Window {
         let backslash = u8x16::splat(b'\\');
         let control = u8x16::splat(0x1F);
         self.mask(|v| v.simd_eq(quote) | v.simd_eq(backslash) | v.min(control).simd_eq(v))
-    }
-
-    /// For UTF-8 validation: the lead bytes of 3- and 4-byte sequences (0xE0 and above), and the bytes after which
-    /// the structure is not enough to validate: E0, ED, F0 and above (their second byte has a narrower range, or
-    /// they are invalid), C0 and C1 (overlong).
-    #[inline]
-    pub(crate) fn utf8_leads(self) -> (u64, u64) {
-        let e0 = u8x16::splat(0xE0);
-        let ed = u8x16::splat(0xED);
-        let f0 = u8x16::splat(0xF0);
-        let c0 = u8x16::splat(0xC0);
-        let fe = u8x16::splat(0xFE);
-        let long = self.mask(|v| v.max(e0).simd_eq(v));
-        let special = self.mask(|v| v.simd_eq(e0) | v.simd_eq(ed) | v.max(f0).simd_eq(v) | (v & fe).simd_eq(c0));
-        (long, special)
-    }
-
-    /// ASCII whitespace per `char::is_whitespace`: 09–0D and 20.
-    #[inline]
-    pub(crate) fn ascii_whitespace(self) -> u64 {
-        let tab = u8x16::splat(0x09);
-        let span = u8x16::splat(0x0D - 0x09);
-        let space = u8x16::splat(b' ');
-        self.mask(|v| {
-            let from_tab = v - tab;
-            from_tab.min(span).simd_eq(from_tab) | v.simd_eq(space)
-        })
-    }
-
-    /// The bytes that may start a non-ASCII whitespace character, judged by their first two bytes; `next` is the
-    /// window one byte further. C2 85, C2 A0, E1 9A, E2 80, E2 81 and E3 80 (the third byte is the caller's).
-    #[inline]
-    pub(crate) fn space_leads(self, next: Self) -> u64 {
-        let [c2, e1, e2, e3] = [0xC2, 0xE1, 0xE2, 0xE3].map(u8x16::splat);
-        let [n80, n81, n85, n9a, na0] = [0x80, 0x81, 0x85, 0x9A, 0xA0].map(u8x16::splat);
-        let [a, b, c, d] = self.0;
-        let [na, nb, nc, nd] = next.0;
-        let lane = |v: u8x16, n: u8x16| {
-            let after_80 = n.simd_eq(n80);
-            (v.simd_eq(c2) & (n.simd_eq(n85) | n.simd_eq(na0)))
-                | (v.simd_eq(e1) & n.simd_eq(n9a))
-                | (v.simd_eq(e2) & (after_80 | n.simd_eq(n81)))
-                | (v.simd_eq(e3) & after_80)
-        };
-        let bits = [lane(a, na), lane(b, nb), lane(c, nc), lane(d, nd)].map(|v| u64::from(v.to_bitmask()));
-        bits[0] | bits[1] << 16 | bits[2] << 32 | bits[3] << 48
-    }
-
-    /// UTF-8 continuation bytes (0x80–0xBF).
-    #[inline]
-    pub(crate) fn continuation(self) -> u64 {
-        let top = u8x16::splat(0xC0);
-        let cont = u8x16::splat(0x80);
-        self.mask(|v| (v & top).simd_eq(cont))
     }
 }
 
@@ -602,11 +541,8 @@ mod tests {
         text[..12].copy_from_slice(b"ab\"c\\d\x01e f\xc3\xa9");
         text[63] = b'"';
         let window = Window::load(&text, 0);
-        assert_eq!(window.eq(b'"'), 1 << 2 | 1 << 63);
-        assert_eq!(window.eq(b'\\'), 1 << 4);
         assert_eq!(window.string_stops(), 1 << 2 | 1 << 4 | 1 << 6 | 1 << 63);
         assert_eq!(window.high(), 0b11 << 10);
-        assert_eq!(window.continuation(), 1 << 11);
         // Past the end: NUL padding.
         let window = Window::load(b"xy", 1);
         assert_eq!(window.string_stops(), !1);

@@ -30,29 +30,12 @@
 //!
 //! # How it runs
 //!
-//! A request is counted in one pass over its bytes, without allocating: a hand-written walker (`json::Cursor`)
-//! validates the JSON as it goes, follows the few fields that matter and feeds string contents straight into the
-//! word counter, decoding escapes on the fly. Blocks are read in one pass even though `type` may come after the
-//! text: until the type is known, each candidate field is counted on its own and the block's total is chosen at
-//! its closing brace. Only a block that ends up counted as compact JSON (unknown type, odd field) is read twice.
-//!
-//! Strings are scanned 64 bytes at a time with SIMD compares (through the `wide` crate: SSE2, NEON, or plain
-//! code elsewhere), each window becoming bit masks of one bit per byte: separator, character start, or neither
-//! (transparent: UTF-8 continuation bytes). An escape only changes bits, never moves them: its first byte becomes
-//! the character it makes and the rest are transparent, or all of them are separators when it makes whitespace
-//! (`\n` is two separator bits, `\"` a character and a transparent byte). A window whose escapes are all
-//! two-byte ones looks each up independently; `\u`, escaped backslashes and broken escapes are taken in order.
-//! UTF-8 is validated from the same masks, and short plain strings (keys, names, schema words) take an 8-byte
-//! shortcut. Runs of non-separator bits are words, and a word of `n` characters gets a token at its 1st, 5th,
-//! 9th, … character, so tokens are counted with a few additions and one popcount per window instead of a branch
-//! per word (see `Counter::window`). [`count_text`] uses the same counter.
-//!
-//! The walker is exact on the requests it accepts and gives up on anything unusual: invalid JSON, but also valid
-//! JSON it does not bother with (duplicate fields, escaped field names, lone surrogates, objects or numbers as
-//! `content`, messages given as arrays, deep nesting). Those bodies go through the original serde implementation,
-//! which stays the reference: same counts, same error messages.
+//! The body is read once into borrowed serde structs (strings without escapes are not copied); content blocks are
+//! kept as raw JSON and read a second time as a [`Block`], so a block of an unknown type or with odd fields can be
+//! counted as the JSON it is. Text goes through [`count_text`], JSON parts through [`count_json`], which applies the
+//! same word rule while scanning the JSON text. Counting the benchmark's 200 KB Claude Code request takes well under
+//! a millisecond (docs/PERFORMANCE.md, group 4).
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
@@ -60,7 +43,7 @@ use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::errors::CoreError;
-use crate::json::{self, CowStr, Cursor, SWAR_HIGH, SWAR_ONES, Window, below, deeper, swar_string_stops, unescape_at};
+use crate::json::{self, CowStr};
 
 /// Tokens charged for one image, whatever its size.
 ///
@@ -83,118 +66,134 @@ const MAX_BLOCK_DEPTH: usize = 32;
 // The word counter
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Bit positions with bit 0 of their index set (1, 3, 5, …): the low bit plane of "position modulo 4".
-const ODD_POSITIONS: u64 = 0xAAAA_AAAA_AAAA_AAAA;
-
-/// Bit positions with bit 1 of their index set (2, 3, 6, 7, …): the high bit plane of "position modulo 4".
-const HIGH_PAIR_POSITIONS: u64 = 0xCCCC_CCCC_CCCC_CCCC;
-
-/// Bit `p` of the result is the parity of the bits of `mask` at or below `p`.
-#[inline]
-const fn prefix_parity(mut mask: u64) -> u64 {
-    mask ^= mask << 1;
-    mask ^= mask << 2;
-    mask ^= mask << 4;
-    mask ^= mask << 8;
-    mask ^= mask << 16;
-    mask ^= mask << 32;
-    mask
+/// Estimate the tokens in `text`: per whitespace-separated word, `ceil(chars / 4)` (so 1 for up to 4 chars).
+///
+/// `"hello world"` → 4, `"abcdefghij"` → 3, `""` → 0. Characters are Unicode scalar values and whitespace is
+/// `char::is_whitespace`.
+pub fn count_text(text: &str) -> usize {
+    let mut counter = Counter::default();
+    counter.text(text.as_bytes());
+    counter.total()
 }
 
-/// Running state of the word counter.
-///
-/// A word of `n` characters is `ceil(n / 4)` tokens, which is one token for each of its characters at positions
-/// 0, 4, 8, … in the word. So the counter only needs to know where it is in the current word modulo 4 (`phase`):
-/// a character at phase 0 adds a token. A separator resets the phase; being outside any word is phase 0 too.
+/// What a byte of UTF-8 text is to the word counter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ByteClass {
+    /// Starts a character that is not whitespace.
+    Char,
+    /// ASCII whitespace.
+    Space,
+    /// A UTF-8 continuation byte: part of the character before it.
+    Continuation,
+    /// Starts a character that may be non-ASCII whitespace (U+0085, U+00A0, U+1680, U+2000–U+200A, U+2028,
+    /// U+2029, U+202F, U+205F, U+3000 all start with one of these bytes).
+    MaybeSpace,
+}
+
+/// [`ByteClass`] of every byte value, so the counter's loop is one table look-up per byte.
+const BYTE_CLASSES: [ByteClass; 256] = {
+    let mut classes = [ByteClass::Char; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        classes[byte] = match byte {
+            0x09..=0x0D | 0x20 => ByteClass::Space,
+            0x80..=0xBF => ByteClass::Continuation,
+            0xC2 | 0xE1..=0xE3 => ByteClass::MaybeSpace,
+            _ => ByteClass::Char,
+        };
+        byte += 1;
+    }
+    classes
+};
+
+/// The running word rule: a word of `n` characters is `ceil(n / 4)` tokens. The state carries over between calls,
+/// as [`count_json`] feeds a string piece by piece (escapes between the pieces).
 #[derive(Debug, Default)]
 struct Counter {
+    /// Tokens of the words already ended.
     tokens: usize,
-    /// Characters in the current word so far, modulo 4.
-    phase: u32,
+    /// Characters of the current word so far.
+    word: usize,
 }
 
 impl Counter {
     /// Add `n` characters to the current word.
     #[inline]
-    fn chars(&mut self, n: u32) {
-        self.tokens += ((self.phase + n).div_ceil(4) - u32::from(self.phase > 0)) as usize;
-        self.phase = (self.phase + n) % 4;
+    fn chars(&mut self, n: usize) {
+        self.word += n;
     }
 
     /// End the current word.
-    #[inline]
     fn separator(&mut self) {
-        self.phase = 0;
+        self.tokens += self.word.div_ceil(4);
+        self.word = 0;
     }
 
-    /// Count a window of `len` bytes (1..=64) described by bit masks: `chars` has a bit for each byte that starts
-    /// a character, `seps` for each separator byte; other bytes are transparent (they neither count nor separate:
-    /// UTF-8 continuation bytes, the bytes of an escape beyond the character it makes). The current word
-    /// continues into the window.
+    /// The tokens counted so far, the current word included.
+    fn total(&self) -> usize {
+        self.tokens + self.word.div_ceil(4)
+    }
+
+    /// Count UTF-8 text (split characters at either end are harmless: continuation bytes count as nothing).
     ///
-    /// Words are runs of non-separator bits, and a word's tokens are at its characters of rank 0, 4, 8, …; all
-    /// the arithmetic works on two bit planes holding a number modulo 4 for every byte, so there is no branch per
-    /// word or per character. Adding a set of run starts to `words` clears those runs (the carry ripples through
-    /// each), so `words & !(words + starts)` spreads one bit of each start over its whole run.
-    ///
-    /// - Without transparent bytes, a character's rank is its distance from the run's start: the tokens are the
-    ///   bytes whose position agrees with the start's in their two lowest bits.
-    /// - Otherwise ranks come from prefix counts: with `count(p)` the characters at or below `p` modulo 4 (two
-    ///   prefix parities), a character is a token when `count(p)` is one more than `count` just before its run.
-    ///
-    /// The run continuing the previous window starts where its word really started, `phase` bytes back.
-    #[expect(
-        clippy::inline_always,
-        reason = "called from two hot loops; inlining measured 2.5% faster on the 200 KB request"
-    )]
-    #[inline(always)]
-    fn window(&mut self, chars: u64, seps: u64, len: usize) {
-        debug_assert!((1..=64).contains(&len));
-        let words = !seps & below(len);
-        let chars = chars & words;
-        let starts = words & !(words << 1);
-        // Bit 0 never comes out of the masks below, so the leading run's start bits can be ORed in there.
-        let leading = words & 1;
-        let leading_start = u64::from((4 - self.phase) % 4);
-        // Per run, `before_low`/`before_high` spread the two bits of the number it is compared with; per byte,
-        // `at_low`/`at_high` hold the number that makes a token when it agrees.
-        let (marks, at_low, at_high, before_low, before_high) = if chars == words {
-            let before_low = words & !words.wrapping_add((starts & ODD_POSITIONS) | (leading & leading_start));
-            let before_high =
-                words & !words.wrapping_add((starts & HIGH_PAIR_POSITIONS) | (leading & leading_start >> 1));
-            let marks = words & !(before_low ^ ODD_POSITIONS) & !(before_high ^ HIGH_PAIR_POSITIONS);
-            (marks, ODD_POSITIONS, HIGH_PAIR_POSITIONS, before_low, before_high)
-        } else {
-            let count_low = prefix_parity(chars);
-            let count_high = prefix_parity(chars & !count_low);
-            // `count` just before each run, as the run's start bits.
-            let before_low = words & !words.wrapping_add((count_low << 1 & starts) | (leading & leading_start));
-            let before_high = words & !words.wrapping_add((count_high << 1 & starts) | (leading & leading_start >> 1));
-            // A token where `count` is `before + 1`: bit 0 differs, bit 1 is `before`'s bit 1 plus the carry.
-            let marks = chars & (count_low ^ before_low) & !(count_high ^ before_high ^ before_low);
-            (marks, count_low, count_high, before_low, before_high)
-        };
-        self.tokens += marks.count_ones() as usize;
-        // The word reaching the end of the window: its characters so far, modulo 4. With positions that is
-        // `len - start`; with prefix counts `count(last) - before`.
-        let last = len - 1;
-        self.phase = if words >> last & 1 == 0 {
-            0
-        } else {
-            #[expect(clippy::cast_possible_truncation, reason = "two bits")]
-            let number = |plane0: u64, plane1: u64| ((plane0 >> last & 1) | (plane1 >> last & 1) << 1) as u32;
-            let end = if chars == words {
-                number(at_low, at_high) + 1
+    /// Eight bytes at a time while they are ASCII: their whitespace comes out as one bit per byte, so the loop
+    /// works per word rather than per byte. Other bytes go one at a time through [`BYTE_CLASSES`].
+    fn text(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        let mut offset = 0;
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            if word & HIGH_BITS == 0 {
+                self.ascii_chunk(ascii_whitespace(word));
             } else {
-                number(at_low, at_high)
-            };
-            (end + 4 - number(before_low, before_high)) % 4
-        };
+                self.bytes(bytes, offset, offset + 8);
+            }
+            offset += 8;
+        }
+        self.bytes(bytes, offset, bytes.len());
     }
 
-    fn finish(&self) -> usize {
-        self.tokens
+    /// Eight ASCII bytes whose whitespace is `spaces` (the high bit of each whitespace byte).
+    fn ascii_chunk(&mut self, mut spaces: u64) {
+        let mut start = 0;
+        while spaces != 0 {
+            let at = spaces.trailing_zeros() as usize / 8;
+            self.chars(at - start);
+            self.separator();
+            start = at + 1;
+            spaces &= spaces - 1;
+        }
+        self.chars(8 - start);
     }
+
+    /// `bytes[from..to]`, one byte at a time (a character may continue past `to`: its bytes count as nothing).
+    fn bytes(&mut self, bytes: &[u8], from: usize, to: usize) {
+        for i in from..to {
+            match BYTE_CLASSES[usize::from(bytes[i])] {
+                ByteClass::Char => self.word += 1,
+                ByteClass::Continuation => {}
+                ByteClass::MaybeSpace if unicode_space_len(bytes, i) == 0 => self.word += 1,
+                ByteClass::Space | ByteClass::MaybeSpace => self.separator(),
+            }
+        }
+    }
+}
+
+/// The high bit of each of 8 bytes in a `u64`.
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// The whitespace bytes (`\t` … `\r` and space) among 8 ASCII bytes, as the high bit of each.
+///
+/// Per byte, without carries between bytes (every byte is below 0x80): `x + 0x77` has its high bit set from 0x09
+/// on and `x + 0x72` from 0x0E on, which brackets `\t` … `\r`; `(y & 0x7F) + 0x7F` sets it for every `y` but 0.
+const fn ascii_whitespace(word: u64) -> u64 {
+    const fn each(byte: u8) -> u64 {
+        u64::from_le_bytes([byte; 8])
+    }
+    let controls = word.wrapping_add(each(0x77)) & !word.wrapping_add(each(0x72));
+    let not_space = word ^ each(b' ');
+    let spaces = !((not_space & each(0x7F)).wrapping_add(each(0x7F)) | not_space);
+    (controls | spaces) & HIGH_BITS
 }
 
 /// The length of the whitespace character starting at `bytes[i]` (a UTF-8 lead byte), or 0 when it is not
@@ -217,379 +216,6 @@ fn unicode_space_len(bytes: &[u8], i: usize) -> usize {
     }
 }
 
-/// The non-ASCII whitespace of a window whose non-ASCII bytes are `highs` (not empty): all the bytes of each such
-/// character. Candidates are found by their first two bytes in vector registers, then checked one by one.
-#[inline]
-fn unicode_spaces(window: Window, bytes: &[u8], pos: usize, highs: u64) -> u64 {
-    let mut candidates = window.space_leads(Window::load(bytes, pos + 1)) & highs;
-    let mut spaces = 0;
-    while candidates != 0 {
-        let lane = candidates.trailing_zeros() as usize;
-        // A character reaching past the window leaves its last bytes to the next one, as transparent bytes.
-        spaces |= below(unicode_space_len(bytes, pos + lane)) << lane;
-        candidates &= candidates - 1;
-    }
-    spaces
-}
-
-/// Estimate the tokens in `text`: per whitespace-separated word, `ceil(chars / 4)` (so 1 for up to 4 chars).
-///
-/// `"hello world"` → 4, `"abcdefghij"` → 3, `""` → 0. Characters are Unicode scalar values and whitespace is
-/// `char::is_whitespace`, decided from the UTF-8 bytes without decoding, 64 bytes at a time.
-pub fn count_text(text: &str) -> usize {
-    let bytes = text.as_bytes();
-    let mut counter = Counter::default();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let len = (bytes.len() - pos).min(64);
-        let window = Window::load(bytes, pos);
-        let mut seps = window.ascii_whitespace();
-        let highs = if window.any_high() {
-            window.high() & below(len)
-        } else {
-            0
-        };
-        let mut chars = !seps;
-        if highs != 0 {
-            seps |= unicode_spaces(window, bytes, pos, highs);
-            chars = !seps & !window.continuation();
-        }
-        counter.window(chars, seps, len);
-        pos += len;
-    }
-    counter.finish()
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Strings and JSON values
-// ---------------------------------------------------------------------------------------------------------------
-
-/// How an escape sequence of `len` bytes for `c` counts: `None` when it is a separator, or the number of
-/// characters it makes (its first bytes stand for them; the rest of the sequence is dropped from the count).
-///
-/// As text (`JSON = false`) the escape is the character it stands for. As compact JSON (`JSON = true`) it counts
-/// as `serde_json` would write it: `\/` becomes `/`; `"`, `\` and the control characters with a short form stay
-/// two characters (`\n`); other control characters become `\u001f` (six); anything else is the character itself.
-#[inline]
-const fn escape_chars<const JSON: bool>(c: char, len: usize) -> Option<usize> {
-    if JSON {
-        match c {
-            '/' if len == 2 => Some(1),
-            _ if len == 2 => Some(2),
-            '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => Some(2),
-            c if (c as u32) < 0x20 => Some(6),
-            c if c.is_whitespace() => None,
-            _ => Some(1),
-        }
-    } else if c.is_whitespace() {
-        None
-    } else {
-        Some(1)
-    }
-}
-
-/// The bits an escape sequence of `len` bytes sets in a window's masks, from its first byte on: separators when
-/// it is one, else transparent bytes for those beyond the characters it makes ([`escape_chars`]).
-#[inline]
-const fn escape_bits<const JSON: bool>(c: char, len: usize) -> EscapeBits {
-    match escape_chars::<JSON>(c, len) {
-        None => EscapeBits {
-            seps: below(len),
-            transparent: 0,
-        },
-        Some(chars) => EscapeBits {
-            seps: 0,
-            transparent: below(len) & !below(chars),
-        },
-    }
-}
-
-#[derive(Clone, Copy)]
-struct EscapeBits {
-    seps: u64,
-    transparent: u64,
-}
-
-/// [`SHORT_ESCAPES`] entry for a byte that does not make a two-byte escape: `u` (a `\uXXXX` escape) or invalid.
-const LONG_ESCAPE: u8 = 0xFF;
-
-/// [`escape_bits`] of the two-byte escapes, by the byte after the backslash, as text (`[0]`) and as JSON
-/// (`[1]`): the separator bits in the low nibble, the transparent bits in the high one; [`LONG_ESCAPE`] for any
-/// other byte. One table load per escape, and no branch on what kind of escape it is.
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "the bits of a two-byte escape fit in a nibble"
-)]
-const SHORT_ESCAPES: [[u8; 256]; 2] = {
-    let mut tables = [[LONG_ESCAPE; 256]; 2];
-    let mut json = 0;
-    while json < 2 {
-        let mut byte = 0;
-        while byte < 256 {
-            if let Some(c) = crate::json::short_escape(byte as u8) {
-                let bits = if json == 1 {
-                    escape_bits::<true>(c, 2)
-                } else {
-                    escape_bits::<false>(c, 2)
-                };
-                tables[json][byte] = (bits.seps | bits.transparent << 4) as u8;
-            }
-            byte += 1;
-        }
-        json += 1;
-    }
-    tables
-};
-
-/// Fold the escape sequences of a string window at `bytes[pos..]` into its separator and transparent masks, and
-/// find where the window's part of the string ends: `(len, closed)`, `closed` when the closing quote is at `len`.
-/// `stops` ([`Window::string_stops`]) is not empty and its first byte is not the closing quote.
-///
-/// Usually every backslash starts a two-byte escape: their bits are then set from [`SHORT_ESCAPES`] one escape
-/// after another without anything carried from one to the next, so the escapes of a window overlap in the CPU.
-/// Escaped backslashes, `\u` escapes and an escape cut by the window's end go through [`fold_escapes_in_order`].
-#[inline]
-fn fold_escapes<const JSON: bool>(
-    window: Window,
-    bytes: &[u8],
-    pos: usize,
-    stops: u64,
-    seps: &mut u64,
-    transparent: &mut u64,
-) -> Option<(usize, bool)> {
-    let backslashes = window.eq(b'\\');
-    if backslashes & (backslashes << 1 | 1 << 63) == 0 {
-        let unescaped = stops & !backslashes & !(backslashes << 1);
-        let end = unescaped.trailing_zeros() as usize;
-        let (mut escape_seps, mut escape_transparent) = (0, 0);
-        let mut escapes = backslashes & below(end);
-        while escapes != 0 {
-            let lane = escapes.trailing_zeros() as usize;
-            let class = SHORT_ESCAPES[usize::from(JSON)][usize::from(*bytes.get(pos + lane + 1)?)];
-            if class == LONG_ESCAPE {
-                return fold_escapes_in_order::<JSON>(bytes, pos, stops, seps, transparent);
-            }
-            escape_seps |= u64::from(class & 0x0F) << lane;
-            escape_transparent |= u64::from(class >> 4) << lane;
-            escapes &= escapes - 1;
-        }
-        *seps |= escape_seps;
-        *transparent |= escape_transparent;
-        return match end {
-            64 => Some((64, false)),
-            _ if *bytes.get(pos + end)? == b'"' => Some((end, true)),
-            _ => None,
-        };
-    }
-    fold_escapes_in_order::<JSON>(bytes, pos, stops, seps, transparent)
-}
-
-/// [`fold_escapes`] one stop after another, decoding `\u` escapes. An escape that may reach past the window
-/// (one starting in its last 12 bytes) ends the window's part: the next window starts with it.
-fn fold_escapes_in_order<const JSON: bool>(
-    bytes: &[u8],
-    pos: usize,
-    mut stops: u64,
-    seps: &mut u64,
-    transparent: &mut u64,
-) -> Option<(usize, bool)> {
-    while stops != 0 {
-        let lane = stops.trailing_zeros() as usize;
-        let at = pos + lane;
-        match *bytes.get(at)? {
-            b'"' => return Some((lane, true)),
-            b'\\' if lane <= 64 - 12 => {
-                let class = SHORT_ESCAPES[usize::from(JSON)][usize::from(*bytes.get(at + 1)?)];
-                let (bits, escape_len) = if class == LONG_ESCAPE {
-                    let (c, escape_len) = unescape_at(bytes, at)?;
-                    (escape_bits::<JSON>(c, escape_len), escape_len)
-                } else {
-                    let bits = EscapeBits {
-                        seps: u64::from(class & 0x0F),
-                        transparent: u64::from(class >> 4),
-                    };
-                    (bits, 2)
-                };
-                *seps |= bits.seps << lane;
-                *transparent |= bits.transparent << lane;
-                stops &= !below(lane + escape_len);
-            }
-            b'\\' => return Some((lane, false)),
-            _ => return None,
-        }
-    }
-    Some((64, false))
-}
-
-/// Count the rest of a string whose opening quote was just read, and read its closing quote: as decoded text
-/// (`JSON = false`), or its contents as compact JSON writes them (`JSON = true`; the quotes are the caller's).
-///
-/// Validates like [`Cursor::string_body`]. Escapes are folded into the window's bit masks, so a string is
-/// scanned 64 bytes at a time whatever it holds.
-fn count_string<const JSON: bool>(cursor: &mut Cursor<'_>, counter: &mut Counter) -> Option<()> {
-    let bytes = cursor.bytes;
-    let start = cursor.pos;
-    // Short plain strings (keys, names, types, schema words) are one word of ASCII: when the closing quote is
-    // the first special byte of the next eight, no window is needed.
-    if let Some(word) = bytes.get(start..).and_then(<[u8]>::first_chunk::<8>) {
-        let word = u64::from_le_bytes(*word);
-        let spaces = word ^ (SWAR_ONES * u64::from(b' '));
-        let specials =
-            swar_string_stops(word) | (spaces.wrapping_sub(SWAR_ONES) & !spaces & SWAR_HIGH) | (word & SWAR_HIGH);
-        let lane = (specials.trailing_zeros() / 8) as usize;
-        if specials != 0 && bytes[start + lane] == b'"' {
-            #[expect(clippy::cast_possible_truncation, reason = "at most 7")]
-            counter.chars(lane as u32);
-            cursor.pos = start + lane + 1;
-            return Some(());
-        }
-    }
-    let mut utf8 = Utf8::default();
-    loop {
-        let pos = cursor.pos;
-        let window = Window::load(bytes, pos);
-        let stops = window.string_stops();
-        let mut seps = window.eq(b' ');
-        // UTF-8 continuation bytes: transparent for the counter.
-        let mut transparent = 0;
-        let highs = if window.any_high() { window.high() } else { 0 };
-        if highs != 0 {
-            seps |= unicode_spaces(window, bytes, pos, highs);
-            transparent = window.continuation();
-        }
-        let continuation = transparent;
-        let (len, closed) = match stops {
-            0 => (64, false),
-            _ if *bytes.get(pos + stops.trailing_zeros() as usize)? == b'"' => (stops.trailing_zeros() as usize, true),
-            _ => fold_escapes::<JSON>(window, bytes, pos, stops, &mut seps, &mut transparent)?,
-        };
-        utf8.window(window, highs & below(len), continuation, len)?;
-        if (seps | transparent) & below(len) == 0 {
-            // One run of characters (often a whole short string): no window arithmetic needed.
-            #[expect(clippy::cast_possible_truncation, reason = "a window is at most 64 bytes")]
-            counter.chars(len as u32);
-        } else {
-            counter.window(!seps & !transparent, seps, len);
-        }
-        cursor.pos = pos + len;
-        if closed {
-            cursor.pos += 1;
-            return utf8.finish(&bytes[start..pos + len]);
-        }
-    }
-}
-
-/// UTF-8 validation of a string scanned window by window, from the window's bit masks: every lead byte must be
-/// followed by exactly the continuation bytes its length asks for, and nothing else may be a continuation byte.
-/// That structure settles validity for all lead bytes but E0, ED, F0–F4 (which limit their second byte) and the
-/// invalid C0, C1, F5–FF; a string holding any of those is checked with `str::from_utf8` at its end.
-#[derive(Default)]
-struct Utf8 {
-    /// Continuation bytes the next window must start with (bit `i`: byte `i`).
-    pending: u64,
-    /// Whether the string needs `str::from_utf8` at its end.
-    check_at_end: bool,
-}
-
-impl Utf8 {
-    /// Account for the first `len` bytes of `window`, whose non-ASCII bytes are `highs` and continuation bytes
-    /// `continuation` (computed only when `highs` is not empty).
-    #[inline]
-    fn window(&mut self, window: Window, highs: u64, continuation: u64, len: usize) -> Option<()> {
-        if highs | self.pending == 0 || self.check_at_end {
-            return Some(());
-        }
-        let live = below(len);
-        let continuation = continuation & live;
-        let (long, special) = window.utf8_leads();
-        if special & live != 0 {
-            self.check_at_end = true;
-            return Some(());
-        }
-        let leads = highs & !continuation;
-        let long = long & live;
-        let wanted = (leads << 1) | (long << 2) | self.pending;
-        if wanted & live != continuation {
-            return None;
-        }
-        // What the last lead bytes still ask of the next window; a window cut short ends before an ASCII byte.
-        self.pending = if len == 64 { leads >> 63 | long >> 62 } else { 0 };
-        (len == 64 || wanted & !live == 0).then_some(())
-    }
-
-    /// The verdict for the whole string, given its raw bytes.
-    fn finish(&self, raw: &[u8]) -> Option<()> {
-        if self.check_at_end {
-            std::str::from_utf8(raw).ok()?;
-        }
-        Some(())
-    }
-}
-
-/// Count a whole string value as text (after optional whitespace).
-fn text_tokens(cursor: &mut Cursor<'_>) -> Option<usize> {
-    cursor.expect(b'"')?;
-    let mut counter = Counter::default();
-    count_string::<false>(cursor, &mut counter)?;
-    Some(counter.finish())
-}
-
-/// Count one value as compact JSON, validating it: whitespace outside strings is dropped without ending a word.
-fn count_json_value(cursor: &mut Cursor<'_>, counter: &mut Counter, depth: u32) -> Option<()> {
-    match cursor.peek()? {
-        b'"' => {
-            cursor.pos += 1;
-            counter.chars(1);
-            count_string::<true>(cursor, counter)?;
-            counter.chars(1);
-        }
-        open @ (b'{' | b'[') => {
-            cursor.pos += 1;
-            counter.chars(1);
-            let depth = deeper(depth)?;
-            let close = if open == b'{' { b'}' } else { b']' };
-            let mut first = true;
-            // Each step reads a `,` (or, at the end, the closing bracket): one character either way.
-            while cursor.next_item(close, first)? {
-                if !first {
-                    counter.chars(1);
-                }
-                first = false;
-                if open == b'{' {
-                    cursor.expect(b'"')?;
-                    counter.chars(1);
-                    count_string::<true>(cursor, counter)?;
-                    cursor.expect(b':')?;
-                    counter.chars(2);
-                }
-                count_json_value(cursor, counter, depth)?;
-            }
-            counter.chars(1);
-        }
-        b't' => {
-            cursor.literal(b"true")?;
-            counter.chars(4);
-        }
-        b'f' => {
-            cursor.literal(b"false")?;
-            counter.chars(5);
-        }
-        b'n' => {
-            cursor.literal(b"null")?;
-            counter.chars(4);
-        }
-        _ => counter.chars(u32::try_from(cursor.number()?.len()).ok()?),
-    }
-    Some(())
-}
-
-/// Count one value as compact JSON on its own (a fresh word counter).
-fn json_tokens(cursor: &mut Cursor<'_>) -> Option<usize> {
-    let mut counter = Counter::default();
-    count_json_value(cursor, &mut counter, 0)?;
-    Some(counter.finish())
-}
-
 /// Estimate the tokens of a JSON document as if it were serialised compactly.
 ///
 /// The result equals `count_text` of the document re-serialised by `serde_json` (no insignificant whitespace,
@@ -598,74 +224,46 @@ fn json_tokens(cursor: &mut Cursor<'_>) -> Option<usize> {
 /// - whitespace inside strings separates words;
 /// - escapes count as the serialiser would write them: `\n`, `\"` etc. stay two characters, `\/` becomes `/`,
 ///   and `\uXXXX` becomes the character itself (so `\u00e9` is one character and `\u0020` a separator), except
-///   for control characters and `"`/`\`, which stay escaped.
+///   for control characters and `"`/`\`, which stay escaped; a lone surrogate counts as U+FFFD.
 ///
 /// The input should be valid JSON text (e.g. a [`RawValue`]); anything else still gives a number, never a panic.
 pub fn count_json(json: &str) -> usize {
-    let mut cursor = Cursor::new(json.as_bytes());
-    match json_tokens(&mut cursor) {
-        Some(tokens) if cursor.end().is_some() => tokens,
-        _ => count_json_lenient(json),
-    }
-}
-
-/// [`count_json`] for text that is not valid JSON (or that the fast path leaves alone, e.g. lone surrogates):
-/// a byte-by-byte scan with the same rules, which tracks only whether it is inside a string.
-fn count_json_lenient(json: &str) -> usize {
     let bytes = json.as_bytes();
     let mut counter = Counter::default();
-    let mut in_string = false;
     let mut i = 0;
     while i < bytes.len() {
-        let byte = bytes[i];
-        if !in_string {
-            if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
-                in_string = byte == b'"';
-                counter.chars(1);
-            }
-            i += 1;
-            continue;
+        // Outside strings: every byte but whitespace is one character of the compact form.
+        match bytes[i] {
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            b'"' => i = count_json_string(bytes, i + 1, &mut counter),
+            _ => counter.chars(1),
         }
-        match byte {
-            b'"' => {
-                in_string = false;
-                counter.chars(1);
-                i += 1;
-            }
-            b'\\' => i += count_escape_lenient(bytes, i, &mut counter),
-            // Inside a string of a `&str`, so `i` is on a character boundary here.
-            _ => {
-                let space = if byte.is_ascii() {
-                    usize::from(matches!(byte, b'\t'..=b'\r' | b' '))
-                } else {
-                    unicode_space_len(bytes, i)
-                };
-                if space > 0 {
-                    counter.separator();
-                    i += space;
-                } else {
-                    counter.chars(1);
-                    i += json_char_len(byte);
-                }
-            }
-        }
+        i += 1;
     }
-    counter.finish()
+    counter.total()
 }
 
-/// The length of the UTF-8 character whose first byte is `byte`.
-fn json_char_len(byte: u8) -> usize {
-    match byte {
-        0xF0.. => 4,
-        0xE0.. => 3,
-        0xC0.. => 2,
-        _ => 1,
+/// Count the string whose contents start at `bytes[start]`, with its quotes; returns the index of its closing
+/// quote (or the end of the input).
+fn count_json_string(bytes: &[u8], start: usize, counter: &mut Counter) -> usize {
+    counter.chars(1);
+    let mut i = start;
+    while let Some(offset) = memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+        counter.text(&bytes[i..i + offset]);
+        i += offset;
+        if bytes[i] == b'"' {
+            counter.chars(1);
+            return i;
+        }
+        i += count_escape(bytes, i, counter);
     }
+    counter.text(&bytes[i..]);
+    bytes.len()
 }
 
 /// Account for the escape starting at `bytes[i]` (a backslash) as serialised by `serde_json`; returns its length.
-/// Lenient: malformed escapes count as written and a lone surrogate as U+FFFD.
-fn count_escape_lenient(bytes: &[u8], i: usize, counter: &mut Counter) -> usize {
+/// Malformed escapes count as written and a lone surrogate as U+FFFD.
+fn count_escape(bytes: &[u8], i: usize, counter: &mut Counter) -> usize {
     match bytes.get(i + 1) {
         None => {
             counter.chars(1);
@@ -706,7 +304,7 @@ fn count_escape_lenient(bytes: &[u8], i: usize, counter: &mut Counter) -> usize 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The request walker
+// The request
 // ---------------------------------------------------------------------------------------------------------------
 
 /// Estimate the prompt tokens of an Anthropic `/v1/messages` or `/v1/messages/count_tokens` request body.
@@ -718,368 +316,9 @@ fn count_escape_lenient(bytes: &[u8], i: usize, counter: &mut Counter) -> usize 
 /// [`CoreError::InvalidJson`] for invalid JSON, a body that is not an object, or request-level containers of
 /// the wrong kind (see the module docs).
 pub fn count_request(body: &[u8]) -> Result<usize, CoreError> {
-    match walk_request(body) {
-        Some(tokens) => Ok(tokens),
-        None => count_request_serde(body),
-    }
-}
-
-/// Marks which fields of an object were seen, to notice duplicates (serde rejects a struct field given twice).
-#[derive(Default)]
-struct Seen(u16);
-
-impl Seen {
-    /// Whether field number `field` is new (and now seen).
-    fn first(&mut self, field: u16) -> bool {
-        let bit = 1 << field;
-        let new = self.0 & bit == 0;
-        self.0 |= bit;
-        new
-    }
-}
-
-/// The one-pass walk of a request body; `None` for anything [`count_request_serde`] must decide.
-fn walk_request(body: &[u8]) -> Option<usize> {
-    let mut cursor = Cursor::new(body);
-    cursor.expect(b'{')?;
-    let mut seen = Seen::default();
-    let mut total = 0;
-    let mut first = true;
-    while cursor.next_item(b'}', first)? {
-        first = false;
-        match cursor.key()? {
-            b"system" if seen.first(0) => total += content(&mut cursor, 0)?,
-            b"messages" if seen.first(1) => total += messages(&mut cursor)?,
-            b"tools" if seen.first(2) => total += tools(&mut cursor)?,
-            b"system" | b"messages" | b"tools" => return None,
-            _ => cursor.skip_value()?,
-        }
-    }
-    cursor.end()?;
-    Some(total)
-}
-
-/// `null`, or an array whose items are read by `item`.
-fn array_or_null(cursor: &mut Cursor<'_>, mut item: impl FnMut(&mut Cursor<'_>) -> Option<usize>) -> Option<usize> {
-    if cursor.peek()? == b'n' {
-        cursor.literal(b"null")?;
-        return Some(0);
-    }
-    cursor.expect(b'[')?;
-    let mut total = 0;
-    let mut first = true;
-    while cursor.next_item(b']', first)? {
-        first = false;
-        total += item(cursor)?;
-    }
-    Some(total)
-}
-
-/// `messages`: each message must be an object (serde would read an array positionally); only `content` counts.
-fn messages(cursor: &mut Cursor<'_>) -> Option<usize> {
-    array_or_null(cursor, |cursor| {
-        cursor.expect(b'{')?;
-        let mut seen = Seen::default();
-        let mut total = 0;
-        let mut first = true;
-        while cursor.next_item(b'}', first)? {
-            first = false;
-            match cursor.key()? {
-                b"content" if seen.first(0) => total += content(cursor, 0)?,
-                b"content" => return None,
-                _ => cursor.skip_value()?,
-            }
-        }
-        Some(total)
-    })
-}
-
-/// `tools`: `name` + `description` + `input_schema` as compact JSON, per tool object.
-fn tools(cursor: &mut Cursor<'_>) -> Option<usize> {
-    array_or_null(cursor, |cursor| {
-        cursor.expect(b'{')?;
-        let mut seen = Seen::default();
-        let mut total = 0;
-        let mut first = true;
-        while cursor.next_item(b'}', first)? {
-            first = false;
-            let field = match cursor.key()? {
-                b"name" => 0,
-                b"description" => 1,
-                b"input_schema" => 2,
-                _ => {
-                    cursor.skip_value()?;
-                    continue;
-                }
-            };
-            if !seen.first(field) {
-                return None;
-            }
-            match cursor.peek()? {
-                b'n' => cursor.literal(b"null")?,
-                _ if field == 2 => total += json_tokens(cursor)?,
-                _ => total += text_tokens(cursor)?,
-            }
-        }
-        Some(total)
-    })
-}
-
-/// A `content` (or `system`) value: a string, an array of blocks, or `null`/`true`/`false` (nothing). Objects and
-/// numbers are left to serde: counted as nothing there, but serde can fail on them (numbers out of range).
-fn content(cursor: &mut Cursor<'_>, depth: usize) -> Option<usize> {
-    match cursor.peek()? {
-        b'"' => text_tokens(cursor),
-        b'[' => array_or_null(cursor, |cursor| block(cursor, depth)),
-        _ => skip_content(cursor).map(|()| 0),
-    }
-}
-
-/// Validate a `content` value that does not count, with the same restrictions as [`content`].
-fn skip_content(cursor: &mut Cursor<'_>) -> Option<()> {
-    match cursor.peek()? {
-        b'"' | b'[' => cursor.skip_value(),
-        b'n' => cursor.literal(b"null"),
-        b't' => cursor.literal(b"true"),
-        b'f' => cursor.literal(b"false"),
-        _ => None,
-    }
-}
-
-/// A block's `type`, or a document source's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Not seen (yet).
-    Unset,
-    /// `null`, or a type nothing special happens for.
-    Other,
-    Text,
-    Thinking,
-    RedactedThinking,
-    ToolUse,
-    ToolResult,
-    Image,
-    Document,
-    /// A document source's `"type":"content"`.
-    Content,
-}
-
-impl Kind {
-    fn of(type_name: &[u8]) -> Self {
-        match type_name {
-            b"text" => Self::Text,
-            b"thinking" => Self::Thinking,
-            b"redacted_thinking" => Self::RedactedThinking,
-            b"tool_use" => Self::ToolUse,
-            b"tool_result" => Self::ToolResult,
-            b"image" => Self::Image,
-            b"document" => Self::Document,
-            b"content" => Self::Content,
-            _ => Self::Other,
-        }
-    }
-
-    /// Whether a field that matters for `kind` blocks must be counted: yes for that kind, and while the type is
-    /// still unknown (it may come last).
-    fn wants(self, kind: Self) -> bool {
-        self == kind || self == Self::Unset
-    }
-}
-
-/// Read a `type` field: a string (not escaped) or `null`; `Err(())` when it is neither (the block is then odd).
-fn read_kind(cursor: &mut Cursor<'_>) -> Option<Result<Kind, ()>> {
-    match cursor.peek()? {
-        b'"' => {
-            let name = cursor.string()?;
-            // An escaped type name would need decoding before matching; no client writes one.
-            (!name.escaped).then(|| Ok(Kind::of(name.raw)))
-        }
-        b'n' => cursor.literal(b"null").map(|()| Ok(Kind::Other)),
-        _ => cursor.skip_value().map(|()| Err(())),
-    }
-}
-
-/// Read a text field: a string, counted if `wanted`, or `null`; `Err(())` when it is neither.
-fn read_text(cursor: &mut Cursor<'_>, wanted: bool) -> Option<Result<usize, ()>> {
-    match cursor.peek()? {
-        b'"' if wanted => text_tokens(cursor).map(Ok),
-        b'"' => cursor.string().map(|_| Ok(0)),
-        b'n' => cursor.literal(b"null").map(|()| Ok(0)),
-        _ => cursor.skip_value().map(|()| Err(())),
-    }
-}
-
-/// The fields of one block that may count, gathered in one pass and combined at the closing brace.
-#[derive(Default)]
-struct BlockCounts {
-    text: usize,
-    thinking: usize,
-    data: usize,
-    name: usize,
-    input: usize,
-    content: usize,
-    title: usize,
-    context: usize,
-    /// The source's tokens; `None` without a source.
-    source: Option<usize>,
-}
-
-/// Count one content block. An object is read field by field; anything else, a block nested deeper than
-/// [`MAX_BLOCK_DEPTH`], a block of unknown or missing type and a block with a field of the wrong type count as
-/// compact JSON.
-fn block(cursor: &mut Cursor<'_>, depth: usize) -> Option<usize> {
-    if depth >= MAX_BLOCK_DEPTH || cursor.peek()? != b'{' {
-        return json_tokens(cursor);
-    }
-    let start = cursor.pos;
-    cursor.pos += 1;
-    let mut kind = Kind::Unset;
-    let mut counts = BlockCounts::default();
-    let mut seen = Seen::default();
-    let mut odd = false;
-    let mut first = true;
-    while cursor.next_item(b'}', first)? {
-        first = false;
-        let key = cursor.key()?;
-        if odd {
-            // serde stopped at the odd field; the rest only has to be valid JSON.
-            cursor.skip_value()?;
-            continue;
-        }
-        let field = match key {
-            b"type" => 0,
-            b"text" => 1,
-            b"thinking" => 2,
-            b"data" => 3,
-            b"name" => 4,
-            b"input" => 5,
-            b"content" => 6,
-            b"source" => 7,
-            b"title" => 8,
-            b"context" => 9,
-            _ => {
-                cursor.skip_value()?;
-                continue;
-            }
-        };
-        if !seen.first(field) {
-            odd = true;
-            cursor.skip_value()?;
-            continue;
-        }
-        let read = match key {
-            b"type" => read_kind(cursor)?.map(|read| kind = read),
-            b"text" => read_text(cursor, kind.wants(Kind::Text))?.map(|n| counts.text = n),
-            b"thinking" => read_text(cursor, kind.wants(Kind::Thinking))?.map(|n| counts.thinking = n),
-            b"data" => read_text(cursor, kind.wants(Kind::RedactedThinking))?.map(|n| counts.data = n),
-            b"name" => read_text(cursor, kind.wants(Kind::ToolUse))?.map(|n| counts.name = n),
-            b"title" => read_text(cursor, kind.wants(Kind::Document))?.map(|n| counts.title = n),
-            b"context" => read_text(cursor, kind.wants(Kind::Document))?.map(|n| counts.context = n),
-            b"input" => {
-                match cursor.peek()? {
-                    b'n' => cursor.literal(b"null")?,
-                    _ if kind.wants(Kind::ToolUse) => counts.input = json_tokens(cursor)?,
-                    _ => cursor.skip_value()?,
-                }
-                Ok(())
-            }
-            b"content" => {
-                if kind.wants(Kind::ToolResult) {
-                    counts.content = content(cursor, depth + 1)?;
-                } else {
-                    skip_content(cursor)?;
-                }
-                Ok(())
-            }
-            _ => match cursor.peek()? {
-                b'n' => cursor.literal(b"null").map(|()| Ok(()))?,
-                b'{' => source(cursor, depth, kind.wants(Kind::Document))?.map(|n| counts.source = Some(n)),
-                // serde would read the source from an array positionally.
-                b'[' => return None,
-                _ => cursor.skip_value().map(|()| Err(()))?,
-            },
-        };
-        odd = read.is_err();
-    }
-    // The block again, as compact JSON (a second pass, for odd blocks only).
-    let as_json = || json_tokens(&mut Cursor::new(&cursor.bytes[start..cursor.pos]));
-    let tokens = match kind {
-        _ if odd => return as_json(),
-        Kind::Text => counts.text,
-        Kind::Thinking => counts.thinking,
-        Kind::RedactedThinking => counts.data,
-        Kind::ToolUse => counts.name + counts.input,
-        Kind::ToolResult => counts.content,
-        Kind::Image => IMAGE_TOKENS,
-        Kind::Document => counts.title + counts.context + counts.source.unwrap_or(DOCUMENT_TOKENS),
-        Kind::Unset | Kind::Other | Kind::Content => return as_json(),
-    };
-    Some(tokens)
-}
-
-/// A document's `source` object: its tokens, or `Err(())` when a field has the wrong type. `wanted`: whether its
-/// text has to be counted at all (the block may be a document).
-fn source(cursor: &mut Cursor<'_>, depth: usize, wanted: bool) -> Option<Result<usize, ()>> {
-    cursor.expect(b'{')?;
-    let mut kind = Kind::Unset;
-    let mut data = 0;
-    let mut content_tokens = 0;
-    let mut seen = Seen::default();
-    let mut odd = false;
-    let mut first = true;
-    while cursor.next_item(b'}', first)? {
-        first = false;
-        let key = cursor.key()?;
-        let field = match key {
-            b"type" => 0,
-            b"data" => 1,
-            b"content" => 2,
-            _ => {
-                cursor.skip_value()?;
-                continue;
-            }
-        };
-        if odd || !seen.first(field) {
-            odd = true;
-            cursor.skip_value()?;
-            continue;
-        }
-        let read = match field {
-            0 => read_kind(cursor)?.map(|read| kind = read),
-            1 => read_text(cursor, wanted && kind.wants(Kind::Text))?.map(|n| data = n),
-            _ => {
-                if wanted && kind.wants(Kind::Content) {
-                    content_tokens = content(cursor, depth + 1)?;
-                } else {
-                    skip_content(cursor)?;
-                }
-                Ok(())
-            }
-        };
-        odd = read.is_err();
-    }
-    Some(if odd {
-        Err(())
-    } else {
-        Ok(match kind {
-            Kind::Text => data,
-            Kind::Content => content_tokens,
-            _ => DOCUMENT_TOKENS,
-        })
-    })
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// The serde implementation: the reference, and the fallback for bodies the walker leaves alone
-// ---------------------------------------------------------------------------------------------------------------
-
-/// [`count_request`] with borrowed serde structs. Blocks are captured raw and parsed a second time, which is why
-/// [`walk_request`] replaced it on the hot path; it still decides every body the walker gives up on, so errors
-/// keep serde's messages and odd shapes keep their historical counts.
-fn count_request_serde(body: &[u8]) -> Result<usize, CoreError> {
     // serde would happily read a struct from a JSON array (positionally); a request must be an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        serde_json::from_slice::<serde::de::IgnoredAny>(body)?;
+        serde_json::from_slice::<IgnoredAny>(body)?;
         return Err(CoreError::InvalidJson(
             "the request body must be a JSON object".to_owned(),
         ));
@@ -1090,8 +329,7 @@ fn count_request_serde(body: &[u8]) -> Result<usize, CoreError> {
         total += message.content.as_ref().map_or(0, |content| content.count(0));
     }
     for Object(tool) in request.tools.iter().flatten() {
-        total += tool.name.as_ref().map_or(0, |s| count_text(s.as_str()));
-        total += tool.description.as_ref().map_or(0, |s| count_text(s.as_str()));
+        total += tokens_of(tool.name) + tokens_of(tool.description);
         total += tool.input_schema.map_or(0, |schema| count_json(schema.get()));
     }
     Ok(total)
@@ -1111,17 +349,22 @@ struct Request<'a> {
 struct Object<T>(T);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = <&'de RawValue>::deserialize(deserializer)?;
-        if !raw.get().starts_with('{') {
-            return Err(serde::de::Error::custom(format!(
-                "each message and tool must be a JSON object, found {}",
-                crate::errors::excerpt(raw.get().as_bytes())
-            )));
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("each message and tool to be a JSON object")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
         }
-        serde_json::from_str(raw.get())
-            .map(Object)
-            .map_err(serde::de::Error::custom)
+
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
     }
 }
 
@@ -1133,18 +376,45 @@ struct Message<'a> {
 
 #[derive(Deserialize)]
 struct Tool<'a> {
-    #[serde(borrow)]
-    name: Option<CowStr<'a>>,
-    #[serde(borrow)]
-    description: Option<CowStr<'a>>,
+    name: Option<Tokens>,
+    description: Option<Tokens>,
     #[serde(borrow)]
     input_schema: Option<&'a RawValue>,
+}
+
+/// A string field, read as its token count: the text is counted where serde hands it over (borrowed from the body,
+/// or unescaped into serde's scratch buffer), so it is never copied.
+#[derive(Clone, Copy)]
+struct Tokens(usize);
+
+impl<'de> Deserialize<'de> for Tokens {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TokensVisitor;
+
+        impl Visitor<'_> for TokensVisitor {
+            type Value = Tokens;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Tokens(count_text(v)))
+            }
+        }
+
+        deserializer.deserialize_str(TokensVisitor)
+    }
+}
+
+fn tokens_of(field: Option<Tokens>) -> usize {
+    field.map_or(0, |Tokens(tokens)| tokens)
 }
 
 /// A `content` (or `system`) value: a string, or an array of blocks kept raw so that a block of an unknown type
 /// can be counted as the JSON it is.
 enum Content<'a> {
-    Text(Cow<'a, str>),
+    Text(usize),
     Blocks(Vec<&'a RawValue>),
     /// A number, boolean, object or null: not valid content, counted as nothing.
     Other,
@@ -1153,7 +423,7 @@ enum Content<'a> {
 impl Content<'_> {
     fn count(&self, depth: usize) -> usize {
         match self {
-            Content::Text(text) => count_text(text),
+            Content::Text(tokens) => *tokens,
             Content::Blocks(blocks) => blocks.iter().map(|raw| count_block(raw, depth)).sum(),
             Content::Other => 0,
         }
@@ -1171,16 +441,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
                 f.write_str("a string or an array of content blocks")
             }
 
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Borrowed(v)))
-            }
-
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Owned(v.to_owned())))
-            }
-
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Owned(v)))
+                Ok(Content::Text(count_text(v)))
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -1226,24 +488,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
 struct Block<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<CowStr<'a>>,
-    #[serde(borrow)]
-    text: Option<CowStr<'a>>,
-    #[serde(borrow)]
-    thinking: Option<CowStr<'a>>,
-    #[serde(borrow)]
-    data: Option<CowStr<'a>>,
-    #[serde(borrow)]
-    name: Option<CowStr<'a>>,
+    text: Option<Tokens>,
+    thinking: Option<Tokens>,
+    data: Option<Tokens>,
+    name: Option<Tokens>,
     #[serde(borrow)]
     input: Option<&'a RawValue>,
     #[serde(borrow)]
     content: Option<Content<'a>>,
     #[serde(borrow)]
     source: Option<Source<'a>>,
-    #[serde(borrow)]
-    title: Option<CowStr<'a>>,
-    #[serde(borrow)]
-    context: Option<CowStr<'a>>,
+    title: Option<Tokens>,
+    context: Option<Tokens>,
 }
 
 /// A `document` (or `image`) source.
@@ -1251,14 +507,9 @@ struct Block<'a> {
 struct Source<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<CowStr<'a>>,
-    #[serde(borrow)]
-    data: Option<CowStr<'a>>,
+    data: Option<Tokens>,
     #[serde(borrow)]
     content: Option<Content<'a>>,
-}
-
-fn text_of(field: Option<&CowStr<'_>>) -> usize {
-    field.map_or(0, |s| count_text(s.as_str()))
 }
 
 /// Count one content block given as raw JSON.
@@ -1269,26 +520,26 @@ fn count_block(raw: &RawValue, depth: usize) -> usize {
         return count_json(json);
     }
     let Ok(block) = serde_json::from_str::<Block<'_>>(json) else {
-        // Not an object, or a known field with an unexpected type: count what is there.
+        // A known field with an unexpected type: count what is there.
         return count_json(json);
     };
     match block.kind.as_ref().map(CowStr::as_str) {
-        Some("text") => text_of(block.text.as_ref()),
-        Some("thinking") => text_of(block.thinking.as_ref()),
-        Some("redacted_thinking") => text_of(block.data.as_ref()),
-        Some("tool_use") => text_of(block.name.as_ref()) + block.input.map_or(0, |input| count_json(input.get())),
+        Some("text") => tokens_of(block.text),
+        Some("thinking") => tokens_of(block.thinking),
+        Some("redacted_thinking") => tokens_of(block.data),
+        Some("tool_use") => tokens_of(block.name) + block.input.map_or(0, |input| count_json(input.get())),
         Some("tool_result") => block.content.as_ref().map_or(0, |content| content.count(depth + 1)),
         Some("image") => IMAGE_TOKENS,
         Some("document") => {
             let source = match &block.source {
                 Some(source) => match source.kind.as_ref().map(CowStr::as_str) {
-                    Some("text") => text_of(source.data.as_ref()),
+                    Some("text") => tokens_of(source.data),
                     Some("content") => source.content.as_ref().map_or(0, |content| content.count(depth + 1)),
                     _ => DOCUMENT_TOKENS,
                 },
                 None => DOCUMENT_TOKENS,
             };
-            text_of(block.title.as_ref()) + text_of(block.context.as_ref()) + source
+            tokens_of(block.title) + tokens_of(block.context) + source
         }
         _ => count_json(json),
     }
@@ -1343,47 +594,10 @@ mod tests {
         }
     }
 
-    /// [`Counter::window`] one byte at a time: the definition it must match.
-    fn window_by_lanes(phase: u32, chars: u64, seps: u64, len: usize) -> (usize, u32) {
-        let mut counter = Counter { tokens: 0, phase };
-        for lane in 0..len {
-            if seps >> lane & 1 == 1 {
-                counter.separator();
-            } else if chars >> lane & 1 == 1 {
-                counter.chars(1);
-            }
-        }
-        (counter.tokens, counter.phase)
-    }
-
+    /// Multi-byte whitespace (and characters sharing its first bytes) at many positions, as plain text and inside
+    /// a request string.
     #[test]
-    fn window_examples() {
-        let check = |phase, chars, seps, len| {
-            let mut counter = Counter { tokens: 0, phase };
-            counter.window(chars, seps, len);
-            assert_eq!(
-                (counter.tokens, counter.phase),
-                window_by_lanes(phase, chars, seps, len),
-                "phase {phase} chars {chars:#x} seps {seps:#x} len {len}"
-            );
-        };
-        for phase in 0..4 {
-            for len in [1, 2, 5, 63, 64] {
-                check(phase, u64::MAX, 0, len);
-                check(phase, 0, u64::MAX, len);
-                check(phase, 0, 0, len);
-                check(phase, 0x5555_5555_5555_5555, 0xAAAA_AAAA_AAAA_AAAA, len);
-                check(phase, 0x0F0F_0F0F_0F0F_0F0F, 0x1010_1010_1010_1010, len);
-                check(phase, !(1u64 << 63), 0, len);
-                check(phase, 1 << 63 | 1, 0, len);
-            }
-        }
-    }
-
-    /// Multi-byte whitespace (and characters sharing its first bytes) at every position around the 64-byte
-    /// window boundary, as plain text and inside a request string.
-    #[test]
-    fn unicode_whitespace_across_windows() {
+    fn unicode_whitespace_in_text_and_requests() {
         for c in [
             '\u{85}', '\u{A0}', '\u{1680}', '\u{2000}', '\u{2028}', '\u{205F}', '\u{3000}', '\u{A9}', '\u{2010}',
             '\u{3001}', 'の',
@@ -1408,17 +622,6 @@ mod tests {
         assert_eq!(count_text(&text), 5 + 2 + 1);
         assert_eq!(count_text(&"x ".repeat(100)), 100);
         assert_eq!(count_text(&format!("{}é{}", "a".repeat(7), "b".repeat(8))), 4);
-    }
-
-    #[test]
-    fn every_char_classified_like_std() {
-        for code in 0..=0x0010_FFFFu32 {
-            let Some(c) = char::from_u32(code) else { continue };
-            // Short (byte-by-byte tail) and long (8-byte blocks) surroundings.
-            for text in [format!("ab{c}cd"), format!("abcdefg{c}hijklmnopq")] {
-                assert_eq!(count_text(&text), reference(&text), "U+{code:04X}");
-            }
-        }
     }
 
     #[test]
@@ -1932,17 +1135,6 @@ mod tests {
             })
     }
 
-    /// Every outcome of [`count_request`] (count or error message) is the serde implementation's.
-    fn assert_same_as_serde(body: &[u8]) -> Result<(), TestCaseError> {
-        let fast = walk_request(body);
-        let reference = count_request_serde(body);
-        if let Some(tokens) = fast {
-            prop_assert_eq!(Ok(tokens), reference.clone(), "{}", String::from_utf8_lossy(body));
-        }
-        prop_assert_eq!(count_request(body), reference);
-        Ok(())
-    }
-
     proptest! {
         // Failure seeds live beside this file (`tokens.proptest-regressions`), not in a top-level folder.
         #![proptest_config(ProptestConfig {
@@ -1952,96 +1144,13 @@ mod tests {
             ..ProptestConfig::default()
         })]
 
-        #[test]
-        fn window_matches_lane_by_lane(phase in 0..4u32, chars in any::<u64>(), seps in any::<u64>(), len in 1..=64usize) {
-            let mut counter = Counter { tokens: 0, phase };
-            counter.window(chars, seps, len);
-            prop_assert_eq!((counter.tokens, counter.phase), window_by_lanes(phase, chars, seps, len));
+                #[test]
+        fn requests_never_panic(body in request_body()) {
+            let _ = count_request(&body);
         }
 
         #[test]
-        fn json_fast_path_matches_lenient_scan(value in json_value(), pretty in any::<bool>()) {
-            let text = if pretty { serde_json::to_string_pretty(&value).unwrap() } else { ascii_json(&value) };
-            prop_assert_eq!(json_tokens(&mut Cursor::new(text.as_bytes())), Some(count_json_lenient(&text)));
-        }
-
-        /// Raw bytes inside counted strings (text and JSON mode, short and window-crossing): invalid UTF-8 and
-        /// control characters are rejected exactly where serde rejects them.
-        #[test]
-        fn string_bytes_match_serde(
-            parts in proptest::collection::vec(prop_oneof![
-                proptest::collection::vec(0x80..=0xFFu8, 1..4),
-                Just(vec![0xE0, 0xA0, 0x80]), Just(vec![0xED, 0x9F, 0xBF]), Just(vec![0xED, 0xA0, 0x80]),
-                Just(vec![0xF0, 0x9F, 0x98, 0x80]), Just(vec![0xF4, 0x90, 0x80, 0x80]), Just(vec![0xC3, 0xA9]),
-                Just(vec![0xE3, 0x80, 0x80]), Just(b"\\n".to_vec()), Just(b"\\\"".to_vec()), Just(b"\\u00e9".to_vec()),
-                Just(vec![0x1F]), Just(b"a".repeat(30)), Just(b" ".to_vec()),
-            ], 0..24),
-            pad in 0..64usize,
-        ) {
-            let mut text = b"x".repeat(pad);
-            for part in parts {
-                text.extend_from_slice(&part);
-            }
-            let mut body = br#"{"messages":[{"role":"user","content":""#.to_vec();
-            body.extend_from_slice(&text);
-            body.extend_from_slice(br#""},{"role":"user","content":[{"type":"tool_use","name":"n","input":{"k":""#);
-            body.extend_from_slice(&text);
-            body.extend_from_slice(br#""}}]}]}"#);
-            assert_same_as_serde(&body)?;
-        }
-
-        /// Every kind of escape, alone or in runs, at every lane of a window (`pad`), in text and JSON mode:
-        /// escaped backslashes, a backslash in the window's last lane, `\u` forms and (sometimes) one broken
-        /// escape or lone surrogate all count, or fail, exactly like serde.
-        #[test]
-        fn escapes_anywhere_match_serde(
-            parts in proptest::collection::vec(prop_oneof![
-                Just(&br"\\"[..]), Just(&br"\n"[..]), Just(&br"\t"[..]), Just(&br"\r"[..]), Just(&br"\b"[..]),
-                Just(&br"\f"[..]), Just(&br"\/"[..]), Just(&br#"\""#[..]), Just(&br"\u0020"[..]),
-                Just(&br"\u3000"[..]), Just(&br"\u00e9"[..]), Just(&br"\ud83d\ude00"[..]), Just(&b"abcde"[..]),
-                Just(&b" "[..]), Just("é".as_bytes()),
-            ], 0..40),
-            pad in 0..64usize,
-            invalid in proptest::option::weighted(0.2, (any::<prop::sample::Index>(), prop_oneof![
-                Just(&br"\q"[..]), Just(&br"\u12"[..]), Just(&br"\ud800"[..]), Just(&br"\"[..]),
-            ])),
-        ) {
-            let mut text = b"x".repeat(pad);
-            for part in &parts {
-                text.extend_from_slice(part);
-            }
-            if let Some((at, escape)) = invalid {
-                let at = at.index(text.len() + 1);
-                text.splice(at..at, escape.iter().copied());
-            }
-            let mut body = br#"{"system":""#.to_vec();
-            body.extend_from_slice(&text);
-            body.extend_from_slice(br#"","messages":[{"role":"user","content":[{"type":"x","k":""#);
-            body.extend_from_slice(&text);
-            body.extend_from_slice(br#""}]}]}"#);
-            if invalid.is_none() {
-                prop_assert!(walk_request(&body).is_some(), "the walker gave up on valid escapes");
-            }
-            assert_same_as_serde(&body)?;
-        }
-
-        #[test]
-        fn requests_match_serde(body in request_body()) {
-            assert_same_as_serde(&body)?;
-        }
-
-        /// Valid generated requests without the shapes the walker leaves to serde are all counted by the walker.
-        #[test]
-        fn walker_takes_ordinary_requests(body in request_body()) {
-            let text = String::from_utf8_lossy(&body);
-            let odd = ["{\"x\":1}", "[1]", ": 7", ":7", "\\u"].iter().any(|odd| text.contains(odd));
-            if !odd && count_request_serde(&body).is_ok() {
-                prop_assert!(walk_request(&body).is_some(), "{}", text);
-            }
-        }
-
-        #[test]
-        fn mutated_requests_match_serde(body in request_body(), edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..4)) {
+        fn mutated_requests_never_panic(body in request_body(), edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..4)) {
             let mut body = body;
             for (at, byte, op) in edits {
                 let at = at % (body.len() + 1);
@@ -2051,20 +1160,19 @@ mod tests {
                     _ => body.insert(at, byte),
                 }
             }
-            assert_same_as_serde(&body)?;
+            let _ = count_request(&body);
         }
 
         #[test]
-        fn structural_noise_matches_serde(parts in proptest::collection::vec(prop_oneof![
+        fn structural_noise_never_panics(parts in proptest::collection::vec(prop_oneof![
             Just("{"), Just("}"), Just("["), Just("]"), Just(","), Just(":"), Just("\"system\""), Just("\"messages\""),
             Just("\"tools\""), Just("\"content\""), Just("\"type\""), Just("\"text\""), Just("\"tool_result\""),
             Just("\"source\""), Just("\"name\""), Just("\"input\""), Just("\"input_schema\""), Just("null"), Just("1e999"),
             Just("\"a b\""), Just("\"\\ud800\""), Just(" "), Just("true"), Just("-0.5"), Just("\"data\""), Just("\"document\""),
         ], 0..40)) {
             let body = format!("{{\"messages\":[{{\"content\":[{}", parts.concat());
-            assert_same_as_serde(body.as_bytes())?;
-            let body = parts.concat();
-            assert_same_as_serde(body.as_bytes())?;
+            let _ = count_request(body.as_bytes());
+            let _ = count_request(parts.concat().as_bytes());
         }
         #[test]
         fn text_matches_reference(text in any::<String>()) {
