@@ -99,3 +99,24 @@ def test_the_work_s_result_or_own_error_ends_the_watchers() -> None:
 
     asyncio.run(main())
     assert cancelled == ["watcher", "watcher"]
+
+
+def test_a_stream_whose_client_is_gone_ends_the_exchange() -> None:
+    # The stream's writer runs in the exchange's group: once Granian says the transport is closed, the relay (here
+    # an answer that would take a minute) is cancelled instead of going on for nobody.
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            raise RuntimeError("ASGI flow error: Transport not initialized or closed")
+
+    async def main() -> None:
+        stream = SseStream(send, "req_1", ping_interval=10.0)
+
+        async def work() -> None:
+            await stream.start(b"")
+            await stream.write(b"event: ping\ndata: {}\n\n")
+            await asyncio.sleep(60)
+
+        with pytest.raises(ClientGone):
+            await run_watched(work(), stream.watchers())
+
+    asyncio.run(main())

@@ -302,7 +302,8 @@ class MessagesService:
         begin: Callable[[], Awaitable[None]] | None = None,
         answered: Callable[[], Awaitable[None]] | None = None,
     ) -> bytes | None:
-        """Ask Ollama and feed its answer through the translator, watched for the client leaving and for silence.
+        """Ask Ollama and feed its answer through the translator, in one task group with the stream's watchers: the
+        client leaving, silence (Ollama's or a stalled client's), and for a stream its writer and pings.
 
         Returns the frames that end the stream, or None when the client left. `begin` runs when Ollama is slow to
         send its response headers, `answered` once they came with a 200.
@@ -322,7 +323,12 @@ class MessagesService:
             write = sse.write if sse is not None else None
             return await relay(response, translator, write, outcome, OutputLimit(plan.max_tokens))
 
-        watchers = (lambda: watch_disconnect(receive), lambda: idle_watchdog(outcome, self.settings.idle_timeout, sse))
+        watchers: tuple[Callable[[], Awaitable[BaseException]], ...] = (
+            lambda: watch_disconnect(receive),
+            lambda: idle_watchdog(outcome, self.settings.idle_timeout, sse),
+        )
+        if sse is not None:
+            watchers += sse.watchers()  # its writer and pings
         try:
             tail = await run_watched(work(), watchers)
         except ClientGone:

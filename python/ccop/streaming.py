@@ -142,7 +142,10 @@ async def run_watched(work: Awaitable[T], watchers: Iterable[Callable[[], Awaita
         group.cancel_scope.cancel()
 
     async def watch(watcher: Callable[[], Awaitable[BaseException]], group: anyio.abc.TaskGroup) -> None:
-        reason = await watcher()
+        try:
+            reason = await watcher()
+        except Exception as exc:
+            reason = exc  # a watcher that fails gives up too: its error is the reason
         if not results and not failures:
             failures.append(reason)
         group.cancel_scope.cancel()
@@ -157,7 +160,10 @@ async def run_watched(work: Awaitable[T], watchers: Iterable[Callable[[], Awaita
 
 
 class SseStream:
-    """An open `text/event-stream` response: one writer task, batched frames, keep-alive pings.
+    """An open `text/event-stream` response: one writer, batched frames, keep-alive pings.
+
+    The writer and the ping timer (`watchers()`) run in the exchange's task group beside the relay; they wait for
+    `start` and end with the group, and a client that can no longer be written to ends the exchange.
 
     The relay hands frames over without waiting for the client. A single writer task sends them, and whatever
     piles up while a send is in flight goes out together with the next one: each ASGI `send` crosses into
@@ -177,16 +183,13 @@ class SseStream:
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._last_send = time.monotonic()
-        self._writer: asyncio.Task[None] | None = None
-        self._pinger: asyncio.Task[None] | None = None
+        self._begun = asyncio.Event()
         self._failure: ClientGone | None = None
         self._first_handed_over = False
         self.started = False
         self.closed = False
         # Since when the relay has been waiting for the client to read (None: it is not waiting).
         self.waiting_since: float | None = None
-        # An idle watchdog runs for this stream (the relay phase): at shutdown it, not the ping timer, ends it.
-        self.watched = False
         self._shutdown: _Shutdown | None = None
 
     async def start(self, first_frames: bytes, *, with_first_content: bool = False) -> None:
@@ -213,8 +216,11 @@ class SseStream:
             await self._guarded(self._send({"type": "http.response.body", "body": first_frames, "more_body": True}))
         self._shutdown = _shutdown()
         self._shutdown.running += 1  # a running answer from here, for the shutdown's grace period
-        self._writer = asyncio.create_task(self._write_loop())
-        self._pinger = asyncio.create_task(self._ping_loop())
+        self._begun.set()
+
+    def watchers(self) -> tuple[Callable[[], Awaitable[BaseException]], ...]:
+        """The writer and the ping timer, for `run_watched`: each returns only when the client is gone."""
+        return (self._write_loop, self._ping_loop)
 
     async def write(self, frames: bytes) -> None:
         """Queue frames for the client; waits only when the client is far behind."""
@@ -241,15 +247,8 @@ class SseStream:
                 raise self._failure
 
     async def close(self, final_frames: bytes = b"") -> None:
+        """Send what is still pending and `final_frames`, and end the response; after the exchange's group."""
         self._release()
-        if self._pinger is not None and self._pinger is not asyncio.current_task():
-            self._pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pinger
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ClientGone):
-                await self._writer
         if self.closed:
             return
         self.closed = True
@@ -265,7 +264,8 @@ class SseStream:
             self._failure = ClientGone(error.message)
         await self.close(error_event(error.error_type, error.message, self._request_id))
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self) -> ClientGone:
+        await self._begun.wait()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -278,23 +278,18 @@ class SseStream:
             except ClientGone as gone:
                 self._failure = gone
                 self._drained.set()
-                return
+                return gone
             self._last_send = time.monotonic()
             if not self._pending:
                 self._drained.set()
 
-    async def _ping_loop(self) -> None:
-        while not self.closed and self._failure is None:
+    async def _ping_loop(self) -> ClientGone:
+        # At shutdown the exchange's idle watchdog ends the stream; pings only keep a quiet connection alive.
+        await self._begun.wait()
+        while self._failure is None:
             delay = self._last_send + self._ping_interval - time.monotonic()
             if delay > 0:
-                shutdown = self._shutdown
-                if shutdown is None:
-                    await asyncio.sleep(delay)
-                elif await shutdown.wait_for_end(delay):
-                    if not self.watched:
-                        # Still waiting for Ollama's answer (no relay, no watchdog yet): end the stream here.
-                        await self.fail(shutdown.error())
-                    return
+                await asyncio.sleep(delay)
                 continue
             if self._pending:
                 self._wake.set()  # something is waiting (say, a deferred message_start): send it instead
@@ -302,6 +297,7 @@ class SseStream:
                 await self.write(PING_FRAME)
             # Until the writer has sent something, the deadline has not moved: wait a full interval again.
             self._last_send = max(self._last_send, time.monotonic())
+        return self._failure
 
     def _release(self) -> None:
         """This answer no longer runs, as far as the shutdown's grace period is concerned (once only)."""
@@ -366,8 +362,6 @@ async def idle_watchdog(outcome: RelayOutcome, idle_timeout: float, stream: SseS
     shutdown = _shutdown()
     if stream is None:
         shutdown.running += 1  # a stream counts as running from its start (see SseStream.start)
-    else:
-        stream.watched = True
     try:
         while True:
             now = time.monotonic()
