@@ -5,7 +5,7 @@
 //!
 //! - [`chunked`]: incremental decoding of the upstream's HTTP/1.1 chunked body;
 //! - [`ndjson`]: incremental line splitting of the raw upstream byte stream;
-//! - [`chunk`]: borrowed parsing of one Ollama `/api/chat` NDJSON line;
+//! - [`ollama_line`]: borrowed parsing of one Ollama `/api/chat` NDJSON line;
 //! - [`heal`]: repair of tool-call arguments into a JSON object;
 //! - [`schema`]: schema-aware repair of the arguments of offered tools (types, arrays, optional nulls);
 //! - [`text_calls`]: tool calls a model wrote as text (`<tool_call>`, fenced or bare JSON, `<function=…>`);
@@ -19,13 +19,13 @@
 //! The Python extension module `ccop._core` is a thin layer in `python.rs`, compiled only with the `python`
 //! feature (maturin turns it on), so `cargo test` never links libpython.
 
-pub mod chunk;
 pub mod chunked;
 pub mod errors;
 pub mod heal;
 pub mod json;
 pub mod ndjson;
 pub mod nesting;
+pub mod ollama_line;
 pub mod schema;
 pub mod sse;
 pub mod stream;

@@ -29,10 +29,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::chunk::{Chunk, ChunkParser, ToolCall};
 use crate::errors::{CoreError, excerpt};
 use crate::heal::{HealKind, heal_value};
 use crate::ndjson::LineSplitter;
+use crate::ollama_line::{Chunk, ToolCall, parse_chunk};
 use crate::schema::{Repair, ToolSet};
 use crate::sse::{self, Usage};
 use crate::text_calls::{Piece, TextCall, TextCallScanner};
@@ -114,7 +114,6 @@ enum Phase {
 pub struct Translator {
     opts: TranslatorOptions,
     splitter: LineSplitter,
-    parser: ChunkParser,
     blocks: Vec<Block>,
     /// Whether the last block is still open (only thinking and text blocks stay open).
     open: bool,
@@ -152,7 +151,6 @@ impl Translator {
         let text_calls = tools.as_ref().map(|_| TextCallScanner::new());
         Self {
             splitter: LineSplitter::new(opts.max_line_bytes),
-            parser: ChunkParser::default(),
             opts,
             blocks: Vec::new(),
             open: false,
@@ -365,17 +363,13 @@ impl Translator {
                 );
             }
             Err(other) => self.fail("api_error", format!("Ollama stream could not be read: {other}"), out),
-            Ok(line) => {
-                // Parsed in place: moving a `Chunk` (a few hundred bytes) costs a `memcpy` per move.
-                let mut chunk = Chunk::default();
-                match self.parser.parse_into(line, &mut chunk) {
-                    Ok(()) => self.on_chunk(&mut chunk, out),
-                    Err(err) => {
-                        let message = format!("Ollama sent a malformed line ({err}): {:?}", excerpt(line));
-                        self.fail("api_error", message, out);
-                    }
+            Ok(line) => match parse_chunk(line) {
+                Ok(mut chunk) => self.on_chunk(&mut chunk, out),
+                Err(err) => {
+                    let message = format!("Ollama sent a malformed line ({err}): {:?}", excerpt(line));
+                    self.fail("api_error", message, out);
                 }
-            }
+            },
         }
     }
 
