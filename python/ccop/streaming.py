@@ -26,8 +26,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import anyio
-import anyio.abc
 import httpx
 
 from ccop._core import StreamTranslator, encode_sse
@@ -128,35 +126,28 @@ async def run_watched(work: Awaitable[T], watchers: Iterable[Callable[[], Awaita
     """`work`'s result, with its watchers running beside it as one structured group.
 
     A watcher returns the reason to give up (a client that left, Ollama's silence, a shutdown): `work` is then
-    cancelled and that reason raised. Once `work` ends, by result or exception, the watchers are cancelled. Nothing
-    started here outlives the call, and cancelling `work` closes whatever upstream connection it held.
+    cancelled and that reason raised. Once `work` ends, by result or exception, the watchers are cancelled. Every
+    task started here has ended when the call returns, and cancelling `work` closes the upstream connection it held.
+    (A plain asyncio group: anyio's task group, measured here, cost about 0.2 ms per request before the first
+    token, and asyncio.TaskGroup needs Python 3.11.)
     """
-    results: list[T] = []
-    failures: list[BaseException] = []
-
-    async def run_work(group: anyio.abc.TaskGroup) -> None:
-        try:
-            results.append(await work)
-        except Exception as exc:
-            failures.append(exc)  # raised after the group, unwrapped (a task group would wrap it in a group)
-        group.cancel_scope.cancel()
-
-    async def watch(watcher: Callable[[], Awaitable[BaseException]], group: anyio.abc.TaskGroup) -> None:
-        try:
-            reason = await watcher()
-        except Exception as exc:
-            reason = exc  # a watcher that fails gives up too: its error is the reason
-        if not results and not failures:
-            failures.append(reason)
-        group.cancel_scope.cancel()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(run_work, group)
-        for watcher in watchers:
-            group.start_soon(watch, watcher, group)
-    if failures:
-        raise failures[0]
-    return results[0]
+    working = asyncio.ensure_future(work)
+    watching = [asyncio.ensure_future(watcher()) for watcher in watchers]
+    tasks = [working, *watching]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        # Also when this call itself is cancelled: the group ends only once every member has.
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if working in done:
+        return working.result()  # the work's own exception, if it failed
+    for task in watching:
+        if task in done:
+            failure = task.exception()
+            raise failure if failure is not None else task.result()
+    raise AssertionError("unreachable: asyncio.wait returned with a member done")
 
 
 class SseStream:
