@@ -10,7 +10,9 @@
 //! - [`schema`]: schema-aware repair of the arguments of offered tools (types, arrays, optional nulls);
 //! - [`text_calls`]: tool calls a model wrote as text (`<tool_call>`, fenced or bare JSON, `<function=…>`);
 //! - [`sse`]: Anthropic server-sent-event frame encoding;
+//! - [`stop`]: the client's stop sequences, matched across deltas;
 //! - [`stream`]: the Ollama → Anthropic translation state machine (streaming and non-streaming);
+//! - [`tool_use`]: the `tool_use` blocks of one answer: healing counters, schema repair, unique ids;
 //! - [`tokens`]: the cheap token estimator used for `count_tokens` and `message_start`;
 //! - [`nesting`]: how deeply a request body nests, for the nesting limit;
 //! - [`json`]: small serde helpers shared by the parsers;
@@ -28,9 +30,11 @@ pub mod nesting;
 pub mod ollama_line;
 pub mod schema;
 pub mod sse;
+pub mod stop;
 pub mod stream;
 pub mod text_calls;
 pub mod tokens;
+pub mod tool_use;
 
 #[cfg(feature = "python")]
 mod python;

@@ -11,20 +11,23 @@
 //! `serde_json::to_string`.
 
 use memchr::memchr2;
+use serde::Serialize;
 
 use crate::json::swar_string_stops;
 
 use crate::errors::CoreError;
 
-/// Token usage as reported in `message_start`, `message_delta` and the non-streaming message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Token usage as reported in `message_start`, `message_delta` and the non-streaming message (fields in the order
+/// [`push_usage`] writes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Usage {
     /// Prompt tokens that were not read from the cache.
     pub input_tokens: u64,
+    /// Prompt tokens served from the KV cache, when the upstream reported them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_read_input_tokens: Option<u64>,
     /// Generated tokens.
     pub output_tokens: u64,
-    /// Prompt tokens served from the KV cache, when the upstream reported them.
-    pub cache_read_input_tokens: Option<u64>,
 }
 
 /// Escape table: 0 = copy as is; otherwise the character to put after a backslash (`u` = `\u00XX`).

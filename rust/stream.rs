@@ -23,20 +23,20 @@
 //! Block indices start at 0, increase by one per block and are never reused. Consecutive text (or thinking)
 //! deltas for the open block within one [`Translator::feed`] call are coalesced into a single delta event.
 
-use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::errors::{CoreError, excerpt};
 use crate::heal::{HealKind, heal_value};
 use crate::ndjson::LineSplitter;
 use crate::ollama_line::{Chunk, ToolCall, parse_chunk};
-use crate::schema::{Repair, ToolSet};
+use crate::schema::ToolSet;
 use crate::sse::{self, Usage};
+use crate::stop::StopMatcher;
 use crate::text_calls::{Piece, TextCall, TextCallScanner};
 use crate::tokens::{count_json, count_text};
+use crate::tool_use::ToolUses;
 
 /// Message for a stream that ended without a `done` chunk or an error line.
 pub const EARLY_EOF_MESSAGE: &str = "Ollama closed the stream before the answer was complete";
@@ -82,18 +82,72 @@ impl Default for TranslatorOptions {
 }
 
 /// One content block of the answer, in the order the blocks were opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Block {
-    Thinking { thinking: String },
-    Text { text: String },
-    ToolUse { id: String, name: String, input: String },
+    Thinking {
+        thinking: String,
+    },
+    Text {
+        text: String,
+    },
+    /// `input` is the healed, repaired arguments as compact JSON.
+    ToolUse {
+        id: String,
+        name: String,
+        input: Box<RawValue>,
+    },
 }
 
 impl Block {
     fn output_tokens(&self) -> usize {
         match self {
             Block::Thinking { thinking: text } | Block::Text { text } => count_text(text),
-            Block::ToolUse { name, input, .. } => count_text(name) + count_json(input),
+            Block::ToolUse { name, input, .. } => count_text(name) + count_json(input.get()),
+        }
+    }
+}
+
+/// The non-streaming Anthropic message, as serialised by [`Translator::message_json`].
+#[derive(Serialize)]
+struct MessageJson<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<BlockJson<'a>>,
+    stop_reason: Option<&'static str>,
+    stop_sequence: Option<&'a str>,
+    usage: Usage,
+}
+
+/// One content block of [`MessageJson`].
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockJson<'a> {
+    Thinking {
+        thinking: &'a str,
+        signature: String,
+    },
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: &'a RawValue,
+    },
+}
+
+impl<'a> BlockJson<'a> {
+    fn of(block: &'a Block) -> Self {
+        match block {
+            Block::Thinking { thinking } => BlockJson::Thinking {
+                thinking,
+                signature: signature(thinking),
+            },
+            Block::Text { text } => BlockJson::Text { text },
+            Block::ToolUse { id, name, input } => BlockJson::ToolUse { id, name, input },
         }
     }
 }
@@ -119,8 +173,8 @@ pub struct Translator {
     open: bool,
     /// Byte offset into the open block's text from which no delta has been written yet (coalescing).
     pending_from: usize,
-    /// Trailing text held back because it could be the start of a stop sequence.
-    held: String,
+    /// The client's stop sequences, and the text held back while a match is still possible.
+    stops: StopMatcher,
     started: bool,
     phase: Phase,
     stop_reason: Option<&'static str>,
@@ -129,33 +183,25 @@ pub struct Translator {
     prompt_eval_cached_count: Option<u64>,
     eval_count: Option<u64>,
     error: Option<(&'static str, String)>,
-    /// The offered tools; `None` when the request offered none (no schema repair, no text calls).
-    tools: Option<Arc<ToolSet>>,
-    /// Recovers tool calls written as text; present exactly when `tools` is.
+    /// The `tool_use` blocks: healing and repair counters, ids.
+    tool_uses: ToolUses,
+    /// Recovers tool calls written as text; present exactly when tools were offered.
     text_calls: Option<TextCallScanner>,
-    /// Calls by healing step ([`HealKind::index`]).
-    heal_counts: [u64; 4],
-    /// Repaired fields by kind ([`Repair::index`]).
-    repair_counts: [u64; 3],
-    /// Calls recovered from text.
-    text_call_count: u64,
-    /// Created on first use: most tool calls come with a usable id.
-    rng: Option<fastrand::Rng>,
 }
 
 impl Translator {
     /// Create a translator for one message.
     pub fn new(mut opts: TranslatorOptions) -> Self {
-        opts.stop_sequences.retain(|s| !s.is_empty());
-        let tools = opts.tools.take().filter(|tools| !tools.is_empty()).map(Arc::new);
-        let text_calls = tools.as_ref().map(|_| TextCallScanner::new());
+        let tool_uses = ToolUses::new(opts.tools.take());
+        let text_calls = tool_uses.tools().map(|_| TextCallScanner::new());
+        let stops = StopMatcher::new(std::mem::take(&mut opts.stop_sequences));
         Self {
             splitter: LineSplitter::new(opts.max_line_bytes),
             opts,
             blocks: Vec::new(),
             open: false,
             pending_from: 0,
-            held: String::new(),
+            stops,
             started: false,
             phase: Phase::Streaming,
             stop_reason: None,
@@ -164,12 +210,8 @@ impl Translator {
             prompt_eval_cached_count: None,
             eval_count: None,
             error: None,
-            tools,
+            tool_uses,
             text_calls,
-            heal_counts: [0; 4],
-            repair_counts: [0; 3],
-            text_call_count: 0,
-            rng: None,
         }
     }
 
@@ -248,20 +290,9 @@ impl Translator {
         self.eval_count
     }
 
-    /// Tool-call counters by name: how each call's arguments were decoded (`unchanged`, `parsed_string`,
-    /// `unescaped`, `raw`: one per call, see [`HealKind`]), how many fields the schema repair fixed (`coerced`,
-    /// `wrapped_in_array`, `dropped_null`, see [`Repair`]) and how many calls were recovered from text
-    /// (`text_call`).
+    /// Tool-call counters by name (see [`ToolUses::counts`]).
     pub fn heal_counts(&self) -> [(&'static str, u64); 8] {
-        let mut counts = [("", 0); 8];
-        for kind in HealKind::ALL {
-            counts[kind.index()] = (kind.as_str(), self.heal_counts[kind.index()]);
-        }
-        for repair in Repair::ALL {
-            counts[HealKind::ALL.len() + repair.index()] = (repair.as_str(), self.repair_counts[repair.index()]);
-        }
-        counts[7] = ("text_call", self.text_call_count);
-        counts
+        self.tool_uses.counts()
     }
 
     /// The stop reason, once the message finished.
@@ -273,58 +304,22 @@ impl Translator {
     ///
     /// Blocks appear in the order they were opened: thinking `{type,thinking,signature}`, text `{type,text}`,
     /// `tool_use` `{type,id,name,input}`. Before the message finished, `stop_reason` and `stop_sequence` are null.
+    ///
+    /// # Panics
+    ///
+    /// Never: the message holds only strings, integers and already valid JSON.
     pub fn message_json(&self) -> Vec<u8> {
-        let content_len: usize = self
-            .blocks
-            .iter()
-            .map(|block| match block {
-                Block::Thinking { thinking: text } | Block::Text { text } => text.len() + 64,
-                Block::ToolUse { id, name, input } => id.len() + name.len() + input.len() + 64,
-            })
-            .sum();
-        let mut out = Vec::with_capacity(256 + content_len);
-        out.extend_from_slice(b"{\"id\":");
-        sse::push_json_str(&mut out, &self.opts.message_id);
-        out.extend_from_slice(b",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
-        sse::push_json_str(&mut out, &self.opts.model);
-        out.extend_from_slice(b",\"content\":[");
-        for (i, block) in self.blocks.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            match block {
-                Block::Thinking { thinking } => {
-                    out.extend_from_slice(b"{\"type\":\"thinking\",\"thinking\":");
-                    sse::push_json_str(&mut out, thinking);
-                    out.extend_from_slice(b",\"signature\":");
-                    sse::push_json_str(&mut out, &signature(thinking));
-                    out.push(b'}');
-                }
-                Block::Text { text } => {
-                    out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
-                    sse::push_json_str(&mut out, text);
-                    out.push(b'}');
-                }
-                Block::ToolUse { id, name, input } => {
-                    out.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
-                    sse::push_json_str(&mut out, id);
-                    out.extend_from_slice(b",\"name\":");
-                    sse::push_json_str(&mut out, name);
-                    out.extend_from_slice(b",\"input\":");
-                    // Compact JSON produced by serde_json from a healed object: embedded as is.
-                    out.extend_from_slice(input.as_bytes());
-                    out.push(b'}');
-                }
-            }
-        }
-        out.extend_from_slice(b"],\"stop_reason\":");
-        sse::push_opt_json_str(&mut out, self.stop_reason);
-        out.extend_from_slice(b",\"stop_sequence\":");
-        sse::push_opt_json_str(&mut out, self.stop_sequence.as_deref());
-        out.extend_from_slice(b",\"usage\":");
-        sse::push_usage(&mut out, &self.usage());
-        out.push(b'}');
-        out
+        let message = MessageJson {
+            id: &self.opts.message_id,
+            kind: "message",
+            role: "assistant",
+            model: &self.opts.model,
+            content: self.blocks.iter().map(BlockJson::of).collect(),
+            stop_reason: self.stop_reason,
+            stop_sequence: self.stop_sequence.as_deref(),
+            usage: self.usage(),
+        };
+        serde_json::to_vec(&message).expect("a message serialises")
     }
 
     /// Usage totals: Ollama's counts when reported, the estimates otherwise.
@@ -405,7 +400,7 @@ impl Translator {
 
     /// Anthropic stop reason for a done chunk (docs/API.md, "Response translation").
     fn map_done_reason(&self, done_reason: Option<&str>) -> &'static str {
-        if self.has_tool_use() {
+        if self.tool_uses.any() {
             return "tool_use";
         }
         match done_reason {
@@ -446,33 +441,26 @@ impl Translator {
         if text.is_empty() {
             return;
         }
-        if self.opts.stop_sequences.is_empty() {
-            self.pass_text(text, out);
-            return;
-        }
-        let mut buffer = std::mem::take(&mut self.held);
-        buffer.push_str(text);
-        if let Some((start, which)) = find_stop(&buffer, &self.opts.stop_sequences) {
-            self.pass_text(&buffer[..start], out);
-            self.stop_sequence = Some(self.opts.stop_sequences[which].clone());
+        // The matcher steps out of `self` for the call, as `pass_text` needs `&mut self`.
+        let mut stops = std::mem::take(&mut self.stops);
+        if let Some(matched) = stops.push(text, |passed| self.pass_text(passed, out)) {
+            self.stop_sequence = Some(matched.to_owned());
+            self.stops = stops;
             self.finish_message("stop_sequence", out);
             return;
         }
-        let cut = buffer.len() - partial_stop_len(&buffer, &self.opts.stop_sequences);
-        self.pass_text(&buffer[..cut], out);
-        buffer.drain(..cut);
-        self.held = buffer;
+        self.stops = stops;
     }
 
     /// End the current text (another kind of block follows, or the answer ends): release the text held back for
     /// stop-sequence matching (it cannot be part of a match any more), and decide what the text-call scanner
     /// holds.
     fn settle_text(&mut self, out: &mut Vec<u8>) {
-        if !self.held.is_empty() {
-            let held = std::mem::take(&mut self.held);
+        let held = self.stops.take_held();
+        if !held.is_empty() {
             self.pass_text(&held, out);
         }
-        if let (Some(mut scanner), Some(tools)) = (self.text_calls.take(), self.tools.clone()) {
+        if let (Some(mut scanner), Some(tools)) = (self.text_calls.take(), self.tool_uses.tools().cloned()) {
             scanner.finish(&tools, |piece| self.on_piece(piece, out));
             self.text_calls = Some(scanner);
         }
@@ -480,7 +468,7 @@ impl Translator {
 
     /// Text that passed the stop-sequence stage: through the text-call scanner when tools were offered.
     fn pass_text(&mut self, text: &str, out: &mut Vec<u8>) {
-        if let (Some(mut scanner), Some(tools)) = (self.text_calls.take(), self.tools.clone()) {
+        if let (Some(mut scanner), Some(tools)) = (self.text_calls.take(), self.tool_uses.tools().cloned()) {
             scanner.push(text, &tools, |piece| self.on_piece(piece, out));
             self.text_calls = Some(scanner);
         } else {
@@ -497,7 +485,7 @@ impl Translator {
                 arguments,
                 heal,
             }) => {
-                self.text_call_count += 1;
+                self.tool_uses.count_text_call();
                 self.emit_tool_use(name, id, arguments, heal, out);
             }
         }
@@ -525,63 +513,25 @@ impl Translator {
         self.emit_tool_use(name, id, arguments, kind, out);
     }
 
-    /// One complete `tool_use` block: count how the arguments were healed, repair them by the tool's schema, and
-    /// keep the model's id when it is usable (non-empty and not used yet in this message).
+    /// One complete `tool_use` block (see [`ToolUses::add`]).
     fn emit_tool_use(
         &mut self,
         name: String,
         id: Option<String>,
-        mut arguments: Map<String, Value>,
+        arguments: Map<String, Value>,
         kind: HealKind,
         out: &mut Vec<u8>,
     ) {
-        self.heal_counts[kind.index()] += 1;
-        // `{"raw": …}` is exactly what the model produced; a schema would only misread it.
-        if kind != HealKind::Raw
-            && let Some(tools) = &self.tools
-        {
-            let counts = &mut self.repair_counts;
-            tools.repair(&name, &mut arguments, |repair| counts[repair.index()] += 1);
-        }
+        let (id, input) = self.tool_uses.add(&name, id, arguments, kind, &self.opts.message_id);
         self.close_open_block(out);
-        // Serialising a map of JSON values cannot fail; `{}` is only a formal fallback.
-        let input = serde_json::to_string(&arguments).unwrap_or_else(|_| "{}".to_owned());
-        let id = match id {
-            Some(id) if !id.is_empty() && !self.id_used(&id) => id,
-            _ => self.new_tool_id(),
-        };
         let index = self.blocks.len();
         self.start(out);
         if self.opts.emit_sse {
             sse::tool_use_block_start(out, index, &id, &name);
-            sse::input_json_delta(out, index, &input);
+            sse::input_json_delta(out, index, input.get());
             sse::content_block_stop(out, index);
         }
         self.blocks.push(Block::ToolUse { id, name, input });
-    }
-
-    fn has_tool_use(&self) -> bool {
-        self.blocks.iter().any(|block| matches!(block, Block::ToolUse { .. }))
-    }
-
-    fn id_used(&self, id: &str) -> bool {
-        self.blocks
-            .iter()
-            .any(|block| matches!(block, Block::ToolUse { id: used, .. } if used == id))
-    }
-
-    /// `toolu_` plus 24 random base62 characters, unique within this message.
-    fn new_tool_id(&mut self) -> String {
-        loop {
-            let message_id = &self.opts.message_id;
-            let rng = self.rng.get_or_insert_with(|| seeded_rng(message_id));
-            let mut id = String::with_capacity(30);
-            id.push_str("toolu_");
-            id.extend(std::iter::repeat_with(|| rng.alphanumeric()).take(24));
-            if !self.id_used(&id) {
-                return id;
-            }
-        }
     }
 
     /// Push a new open thinking or text block and write its `content_block_start`.
@@ -643,7 +593,7 @@ impl Translator {
         self.close_open_block(out);
         // A call recovered from the text just settled makes this a tool-use turn too (after a stop sequence as well:
         // the client must run the call).
-        let stop_reason = if self.has_tool_use() { "tool_use" } else { stop_reason };
+        let stop_reason = if self.tool_uses.any() { "tool_use" } else { stop_reason };
         self.stop_reason = Some(stop_reason);
         self.phase = Phase::Finished;
         self.start(out);
@@ -681,13 +631,6 @@ pub fn signature(thinking: &str) -> String {
     format!("ccop.{hash:016x}")
 }
 
-/// A random generator seeded from OS randomness (std's `RandomState` keys), the message id, the process id and
-/// the time, so forked workers that inherited the same thread-local keys still diverge.
-fn seeded_rng(message_id: &str) -> fastrand::Rng {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    fastrand::Rng::with_seed(RandomState::new().hash_one((message_id, std::process::id(), nanos)))
-}
-
 /// Anthropic error type for an Ollama error text.
 ///
 /// `server busy` is Ollama's full-queue 503; an overflowing prompt is the client's problem
@@ -713,40 +656,6 @@ pub fn classify_error(text: &str) -> &'static str {
     } else {
         "api_error"
     }
-}
-
-/// The earliest-ending stop-sequence match in `text` as `(start byte, index into stops)`.
-///
-/// Generation would have stopped where a match first completes, so the earliest end wins; on a tie the longer
-/// sequence (earlier start) wins.
-fn find_stop(text: &str, stops: &[String]) -> Option<(usize, usize)> {
-    let mut best: Option<(usize, usize, usize)> = None;
-    for (which, stop) in stops.iter().enumerate() {
-        if let Some(start) = text.find(stop.as_str()) {
-            let end = start + stop.len();
-            if best.is_none_or(|(best_end, best_start, _)| end < best_end || (end == best_end && start < best_start)) {
-                best = Some((end, start, which));
-            }
-        }
-    }
-    best.map(|(_, start, which)| (start, which))
-}
-
-/// Length in bytes of the longest suffix of `text` that is a proper prefix of a stop sequence.
-fn partial_stop_len(text: &str, stops: &[String]) -> usize {
-    let bytes = text.as_bytes();
-    let mut best = 0;
-    for stop in stops {
-        let longest = (stop.len() - 1).min(bytes.len());
-        for len in (best + 1..=longest).rev() {
-            // A char-boundary prefix of the stop sequence starts on a char boundary of `text` too.
-            if stop.is_char_boundary(len) && bytes.ends_with(&stop.as_bytes()[..len]) {
-                best = len;
-                break;
-            }
-        }
-    }
-    best
 }
 
 /// `text` cut to at most `max` bytes on a character boundary.

@@ -3,6 +3,7 @@
 use super::*;
 use crate::schema::ToolSet;
 use crate::sse::parse_frames;
+use crate::stop::partial_stop_len;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
