@@ -112,61 +112,6 @@ class _LineSplitter:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# HTTP chunked body decoding
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class PyChunkedDecoder:
-    """Incremental HTTP/1.1 chunked-body decoder with the Rust ``ChunkedDecoder`` rules for well-formed input:
-    size lines with optional ``;extensions``, data, ``CRLF``, then the last chunk and trailer lines up to an empty
-    one."""
-
-    __slots__ = ("_after_data", "_buf", "_in_trailers", "_remaining", "done")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._remaining = 0
-        self._after_data = False
-        self._in_trailers = False
-        self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        """Return the body bytes that ``data`` completes or continues."""
-        if self._buf:
-            data = self._buf + data
-            self._buf = b""
-        out = []
-        position, end = 0, len(data)
-        while position < end and not self.done:
-            if self._remaining:
-                take = min(self._remaining, end - position)
-                out.append(data[position : position + take])
-                position += take
-                self._remaining -= take
-                self._after_data = self._remaining == 0
-                continue
-            line_end = data.find(b"\r\n", position)
-            if line_end < 0:
-                self._buf = data[position:]
-                break
-            line = data[position:line_end]
-            position = line_end + 2
-            if self._after_data:
-                self._after_data = False
-            elif self._in_trailers:
-                self.done = not line
-            else:
-                self._remaining = int(line.split(b";", 1)[0], 16)
-                self._in_trailers = self._remaining == 0
-        return b"".join(out)
-
-
-def chunk_encode(lines: list[bytes]) -> bytes:
-    """An Ollama answer as it is on the wire: each NDJSON line its own HTTP chunk, then the last chunk."""
-    return b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines) + b"0\r\n\r\n"
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Token counting
 # --------------------------------------------------------------------------------------------------------------------
 

@@ -23,11 +23,9 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from baselines import (
-    PyChunkedDecoder,
     PyStreamTranslator,
     build_request_body,
     build_stream,
-    chunk_encode,
     cut_pieces,
     heal_inputs,
     py_count_request,
@@ -132,26 +130,6 @@ def test_stream_line_per_read(benchmark: BenchmarkFixture, impl: str) -> None:
     assert benchmark(_translate, factory, LINES) == expected
     _record(benchmark, lines=len(LINES))
     benchmark.extra_info.update(bytes_in=len(STREAM), bytes_out=len(expected))
-
-
-CHUNKED_READS = cut_pieces(chunk_encode(LINES), 1024, 4096)
-
-
-def _dechunk(decoder: _core.ChunkedDecoder | PyChunkedDecoder, reads: Sequence[bytes]) -> bytes:
-    feed = decoder.feed
-    body = b"".join([feed(read) for read in reads])
-    assert decoder.done
-    return body
-
-
-@pytest.mark.benchmark(group="1d chunked decoding: 502 HTTP chunks in 1-4 KB reads")
-@pytest.mark.parametrize("impl", IMPLS)
-def test_chunked_decoding(benchmark: BenchmarkFixture, impl: str) -> None:
-    assert _dechunk(_core.ChunkedDecoder(), CHUNKED_READS) == STREAM
-    assert _dechunk(PyChunkedDecoder(), CHUNKED_READS) == STREAM
-    make = _core.ChunkedDecoder if impl == "rust" else PyChunkedDecoder
-    assert benchmark(lambda: _dechunk(make(), CHUNKED_READS)) == STREAM
-    _record(benchmark, chunks=len(LINES), reads=len(CHUNKED_READS))
 
 
 # --------------------------------------------------------------------------------------------------------------------

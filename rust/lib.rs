@@ -3,7 +3,6 @@
 //! The proxy speaks the Anthropic Messages API to Claude Code and Ollama's native `/api/chat` NDJSON API upstream.
 //! Everything on the per-request hot path lives here as plain Rust with no Python dependency:
 //!
-//! - [`chunked`]: incremental decoding of the upstream's HTTP/1.1 chunked body;
 //! - [`ndjson`]: incremental line splitting of the raw upstream byte stream;
 //! - [`ollama_line`]: borrowed parsing of one Ollama `/api/chat` NDJSON line;
 //! - [`heal`]: repair of tool-call arguments into a JSON object;
@@ -21,7 +20,6 @@
 //! The Python extension module `ccop._core` is a thin layer in `python.rs`, compiled only with the `python`
 //! feature (maturin turns it on), so `cargo test` never links libpython.
 
-pub mod chunked;
 pub mod errors;
 pub mod heal;
 pub mod json;

@@ -13,7 +13,6 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
-use crate::chunked;
 use crate::errors;
 use crate::heal;
 use crate::nesting;
@@ -122,50 +121,6 @@ fn encode_sse<'py>(py: Python<'py>, event: &str, data: &[u8]) -> PyResult<Bound<
         sse::write_frame_into(buf, event, data);
         Ok(())
     })
-}
-
-/// Decoder of one HTTP/1.1 chunked body, fed socket reads.
-#[pyclass(module = "ccop._core", name = "ChunkedDecoder")]
-struct ChunkedDecoder {
-    inner: chunked::ChunkedDecoder,
-    /// Reused output buffer.
-    out: Vec<u8>,
-    /// Bytes that arrived after the end of the body.
-    excess: usize,
-}
-
-#[pymethods]
-impl ChunkedDecoder {
-    #[new]
-    fn new() -> Self {
-        Self {
-            inner: chunked::ChunkedDecoder::new(),
-            out: Vec::new(),
-            excess: 0,
-        }
-    }
-
-    /// Feed one socket read; return the body bytes it completed (possibly empty).
-    #[pyo3(signature = (data, /))]
-    fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let used = self.inner.feed(data, &mut self.out)?;
-        self.excess += data.len() - used;
-        let body = PyBytes::new(py, &self.out);
-        self.out.clear();
-        Ok(body)
-    }
-
-    /// True once the body's terminating empty line has been read.
-    #[getter]
-    fn done(&self) -> bool {
-        self.inner.is_done()
-    }
-
-    /// Bytes received after the end of the body (they belong to no response).
-    #[getter]
-    fn excess(&self) -> usize {
-        self.excess
-    }
 }
 
 /// Ollama `/api/chat` NDJSON → Anthropic Messages SSE (or one JSON message).
@@ -304,8 +259,8 @@ impl StreamTranslator {
 mod _core {
     #[pymodule_export]
     use super::{
-        ChunkedDecoder, CoreError, InvalidJsonError, LineTooLongError, StreamTranslator, count_request_tokens,
-        count_tokens, encode_sse, heal_tool_arguments, json_nesting_depth,
+        CoreError, InvalidJsonError, LineTooLongError, StreamTranslator, count_request_tokens, count_tokens,
+        encode_sse, heal_tool_arguments, json_nesting_depth,
     };
     use pyo3::prelude::*;
 

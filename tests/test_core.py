@@ -30,37 +30,6 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
     return pieces
 
 
-# -- chunked body decoding ------------------------------------------------------------------------------------------
-
-
-def chunked(pieces: list[bytes], trailer: bytes = b"") -> bytes:
-    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces if piece) + b"0\r\n" + trailer + b"\r\n"
-
-
-@given(pieces=st.lists(st.binary(max_size=300), max_size=10), cuts=st.lists(st.integers(0, 10_000), max_size=12))
-def test_chunked_decoding_does_not_depend_on_how_reads_are_cut(pieces: list[bytes], cuts: list[int]) -> None:
-    decoder = _core.ChunkedDecoder()
-    body = b"".join(decoder.feed(piece) for piece in split_at(chunked(pieces), cuts))
-    assert body == b"".join(pieces)
-    assert decoder.done
-    assert decoder.excess == 0
-
-
-def test_chunked_decoding_counts_bytes_past_the_end() -> None:
-    decoder = _core.ChunkedDecoder()
-    assert decoder.feed(b"4;ext=1\r\nabcd\r\n0\r\nX-Trailer: 1\r\n") == b"abcd"
-    assert not decoder.done
-    assert decoder.feed(b"\r\nHTTP/1.1") == b""
-    assert decoder.done
-    assert decoder.excess == len(b"HTTP/1.1")
-
-
-@pytest.mark.parametrize("body", [b"x\r\n", b"3\r\nabcdef\r\n", b"3\nabc\r\n", b"1" * 5000])
-def test_broken_chunked_framing_is_an_error(body: bytes) -> None:
-    with pytest.raises(_core.CoreError, match="invalid chunked body"):
-        _core.ChunkedDecoder().feed(body)
-
-
 # -- SSE encoding ----------------------------------------------------------------------------------------------------
 
 

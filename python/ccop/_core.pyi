@@ -1,7 +1,6 @@
 """Rust core of claude-code-ollama-proxy (hand-written stub, checked with ``python -m mypy.stubtest ccop._core``).
 
-Chunked-body decoding, SSE encoding, tool-argument healing, token counting and the
-Ollama-to-Anthropic stream translator. Exceptions::
+SSE encoding, tool-argument healing, token counting and the Ollama-to-Anthropic stream translator. Exceptions::
 
     ValueError
     └── CoreError
@@ -13,7 +12,6 @@ from collections.abc import Sequence
 from typing import final
 
 __all__ = [
-    "ChunkedDecoder",
     "CoreError",
     "InvalidJsonError",
     "LineTooLongError",
@@ -109,33 +107,6 @@ def encode_sse(event: str, data: bytes, /) -> bytes:
     Raises:
         CoreError: ``event`` is empty or contains a line break.
     """
-
-@final
-class ChunkedDecoder:
-    """Incremental decoder of one HTTP/1.1 chunked response body: feed socket reads, get body bytes.
-
-    Size lines may carry ``;extensions``; trailers are read and ignored. Broken framing raises ``CoreError``, after
-    which the decoder must not be fed again.
-    """
-
-    def __new__(cls) -> ChunkedDecoder: ...
-    def feed(self, data: bytes, /) -> bytes:
-        """Feed one read.
-
-        Args:
-            data: Bytes exactly as received; chunk headers and data may be split anywhere.
-
-        Returns:
-            The body bytes of the chunks this read completed or continued (possibly empty).
-        """
-
-    @property
-    def done(self) -> bool:
-        """True once the empty line after the last chunk has been read."""
-
-    @property
-    def excess(self) -> int:
-        """Bytes received after the end of the body; they belong to no response."""
 
 @final
 class StreamTranslator:
