@@ -302,7 +302,7 @@ class MessagesService:
         begin: Callable[[], Awaitable[None]] | None = None,
         answered: Callable[[], Awaitable[None]] | None = None,
     ) -> bytes | None:
-        """Ask Ollama and feed its answer through the translator, in one task group with the stream's watchers: the
+        """Ask Ollama and feed its answer through the translator, in one structured group with the watchers: the
         client leaving, silence (Ollama's or a stalled client's), and for a stream its writer and pings.
 
         Returns the frames that end the stream, or None when the client left. `begin` runs when Ollama is slow to

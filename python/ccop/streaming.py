@@ -3,12 +3,13 @@
 The per-chunk path does no Python JSON or text work: each chunk httpx reads is handed to the Rust
 `StreamTranslator`, which returns ready SSE frames (or accumulates the message for a non-streaming client).
 
-Around that path three watchers run for the life of the request:
+Around that path its watchers run, with it, as one structured group (`run_watched`; nothing outlives the request):
 - the client: an `http.disconnect` (Esc in Claude Code, a closed socket) cancels the upstream request at once, so
   Ollama stops generating for nobody;
 - silence: `ping` events keep the client's connection alive while Ollama loads the model or reads the prompt;
 - the idle limit: an upstream that sends nothing for too long ends the stream with an `error` event; a client that
-  stops reading is told apart from it (the relay then waits for the client, not for Ollama).
+  stops reading is told apart from it (the relay then waits for the client, not for Ollama);
+- the stream's writer: a client it can no longer reach ends the exchange too.
 
 On SIGTERM / Ctrl-C the worker lets running answers go on for `--shutdown-grace` seconds (`watch_shutdown`); the
 answers still running then end with an `error` event saying the proxy is shutting down.
