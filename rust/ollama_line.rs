@@ -93,6 +93,13 @@ pub struct ToolFunction<'a> {
 pub struct ChunkError<'a>(pub &'a RawValue);
 
 impl ChunkError<'_> {
+    /// The error as the client will see it: the Anthropic error type and a message naming Ollama.
+    pub fn report(&self) -> (&'static str, String) {
+        let text = self.text();
+        let text = truncate(&text, MAX_ERROR_TEXT);
+        (classify_error(text), format!("Ollama reported an error: {text}"))
+    }
+
     /// The error as text: a string value as is; an object's `message` or `error` string; otherwise the JSON text.
     pub fn text(&self) -> Cow<'_, str> {
         let raw = self.0.get();
@@ -106,6 +113,48 @@ impl ChunkError<'_> {
         }
         Cow::Borrowed(raw)
     }
+}
+
+/// Longest upstream error text passed on, in bytes; upstream errors are short, this only bounds hostile input.
+pub(crate) const MAX_ERROR_TEXT: usize = 2000;
+
+/// Anthropic error type for an Ollama error text.
+///
+/// `server busy` is Ollama's full-queue 503; an overflowing prompt is the client's problem
+/// (`invalid_request_error`, like Anthropic's "prompt is too long"); everything else is `api_error`. Go's
+/// "context deadline exceeded"/"context canceled" are timeouts, not overflows, and stay `api_error`.
+pub fn classify_error(text: &str) -> &'static str {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("server busy") || lower.contains("overloaded") {
+        "overloaded_error"
+    } else if [
+        "exceeds the available context size",
+        "exceed_context_size",
+        "context window",
+        "context length",
+        "context size",
+        "context overflow",
+        "prompt is too long",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle))
+    {
+        "invalid_request_error"
+    } else {
+        "api_error"
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// An error object such as `{"message": "..."}` or `{"error": "..."}`.

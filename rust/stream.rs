@@ -41,9 +41,6 @@ use crate::tool_use::ToolUses;
 /// Message for a stream that ended without a `done` chunk or an error line.
 pub const EARLY_EOF_MESSAGE: &str = "Ollama closed the stream before the answer was complete";
 
-/// Longest upstream error text passed on, in bytes; upstream errors are short, this only bounds hostile input.
-const MAX_ERROR_TEXT: usize = 2000;
-
 /// Construction parameters of a [`Translator`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TranslatorOptions {
@@ -152,6 +149,23 @@ impl<'a> BlockJson<'a> {
     }
 }
 
+/// Where a translator's events go: SSE frames appended to the caller's buffer for a streaming client, or nowhere
+/// for a non-streaming one, whose message [`Translator::message_json`] builds from the blocks at the end. Every
+/// frame goes through [`Sink::frame`], the one place that decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    Sse,
+    Message,
+}
+
+impl Sink {
+    fn frame(self, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+        if self == Sink::Sse {
+            write(out);
+        }
+    }
+}
+
 /// Where the translation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -167,6 +181,7 @@ enum Phase {
 #[derive(Debug)]
 pub struct Translator {
     opts: TranslatorOptions,
+    sink: Sink,
     splitter: LineSplitter,
     blocks: Vec<Block>,
     /// Whether the last block is still open (only thinking and text blocks stay open).
@@ -196,6 +211,7 @@ impl Translator {
         let text_calls = tool_uses.tools().map(|_| TextCallScanner::new());
         let stops = StopMatcher::new(std::mem::take(&mut opts.stop_sequences));
         Self {
+            sink: if opts.emit_sse { Sink::Sse } else { Sink::Message },
             splitter: LineSplitter::new(opts.max_line_bytes),
             opts,
             blocks: Vec::new(),
@@ -222,14 +238,14 @@ impl Translator {
             return;
         }
         self.started = true;
-        if self.opts.emit_sse {
-            let usage = Usage {
-                input_tokens: self.opts.input_tokens_estimate,
-                output_tokens: 0,
-                cache_read_input_tokens: None,
-            };
+        let usage = Usage {
+            input_tokens: self.opts.input_tokens_estimate,
+            output_tokens: 0,
+            cache_read_input_tokens: None,
+        };
+        self.sink.frame(out, |out| {
             sse::message_start(out, &self.opts.message_id, &self.opts.model, &usage);
-        }
+        });
     }
 
     /// Feed raw upstream bytes (any chunking); SSE frames for everything completed are appended to `out`.
@@ -370,9 +386,8 @@ impl Translator {
 
     fn on_chunk(&mut self, chunk: &mut Chunk<'_>, out: &mut Vec<u8>) {
         if let Some(error) = chunk.error {
-            let text = error.text();
-            let text = truncate(&text, MAX_ERROR_TEXT);
-            self.fail(classify_error(text), format!("Ollama reported an error: {text}"), out);
+            let (kind, message) = error.report();
+            self.fail(kind, message, out);
             return;
         }
         if let Some(message) = &mut chunk.message {
@@ -526,11 +541,11 @@ impl Translator {
         self.close_open_block(out);
         let index = self.blocks.len();
         self.start(out);
-        if self.opts.emit_sse {
+        self.sink.frame(out, |out| {
             sse::tool_use_block_start(out, index, &id, &name);
             sse::input_json_delta(out, index, input.get());
             sse::content_block_stop(out, index);
-        }
+        });
         self.blocks.push(Block::ToolUse { id, name, input });
     }
 
@@ -538,12 +553,10 @@ impl Translator {
     fn open_block(&mut self, block: Block, out: &mut Vec<u8>) {
         let index = self.blocks.len();
         self.start(out);
-        if self.opts.emit_sse {
-            match block {
-                Block::Thinking { .. } => sse::thinking_block_start(out, index),
-                _ => sse::text_block_start(out, index),
-            }
-        }
+        self.sink.frame(out, |out| match block {
+            Block::Thinking { .. } => sse::thinking_block_start(out, index),
+            _ => sse::text_block_start(out, index),
+        });
         self.blocks.push(block);
         self.open = true;
         self.pending_from = 0;
@@ -557,15 +570,14 @@ impl Translator {
         let index = self.blocks.len() - 1;
         match self.blocks.last() {
             Some(Block::Text { text }) if text.len() > self.pending_from => {
-                if self.opts.emit_sse {
-                    sse::text_delta(out, index, &text[self.pending_from..]);
-                }
+                self.sink
+                    .frame(out, |out| sse::text_delta(out, index, &text[self.pending_from..]));
                 self.pending_from = text.len();
             }
             Some(Block::Thinking { thinking }) if thinking.len() > self.pending_from => {
-                if self.opts.emit_sse {
+                self.sink.frame(out, |out| {
                     sse::thinking_delta(out, index, &thinking[self.pending_from..]);
-                }
+                });
                 self.pending_from = thinking.len();
             }
             _ => {}
@@ -579,13 +591,13 @@ impl Translator {
         }
         self.flush_pending(out);
         self.open = false;
-        if self.opts.emit_sse {
+        self.sink.frame(out, |out| {
             let index = self.blocks.len() - 1;
             if let Some(Block::Thinking { thinking }) = self.blocks.last() {
                 sse::signature_delta(out, index, &signature(thinking));
             }
             sse::content_block_stop(out, index);
-        }
+        });
     }
 
     fn finish_message(&mut self, stop_reason: &'static str, out: &mut Vec<u8>) {
@@ -597,11 +609,10 @@ impl Translator {
         self.stop_reason = Some(stop_reason);
         self.phase = Phase::Finished;
         self.start(out);
-        if self.opts.emit_sse {
-            let usage = self.usage();
-            sse::message_delta(out, stop_reason, self.stop_sequence.as_deref(), &usage);
+        self.sink.frame(out, |out| {
+            sse::message_delta(out, stop_reason, self.stop_sequence.as_deref(), &self.usage());
             sse::message_stop(out);
-        }
+        });
     }
 
     /// Report an error event and stop. Text already received is sent first; the open block is left open, as
@@ -609,9 +620,7 @@ impl Translator {
     fn fail(&mut self, kind: &'static str, message: String, out: &mut Vec<u8>) {
         self.settle_text(out);
         self.flush_pending(out);
-        if self.opts.emit_sse {
-            sse::error(out, kind, &message);
-        }
+        self.sink.frame(out, |out| sse::error(out, kind, &message));
         self.error = Some((kind, message));
         self.phase = Phase::Failed;
     }
@@ -629,45 +638,6 @@ pub fn signature(thinking: &str) -> String {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("ccop.{hash:016x}")
-}
-
-/// Anthropic error type for an Ollama error text.
-///
-/// `server busy` is Ollama's full-queue 503; an overflowing prompt is the client's problem
-/// (`invalid_request_error`, like Anthropic's "prompt is too long"); everything else is `api_error`. Go's
-/// "context deadline exceeded"/"context canceled" are timeouts, not overflows, and stay `api_error`.
-pub fn classify_error(text: &str) -> &'static str {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("server busy") || lower.contains("overloaded") {
-        "overloaded_error"
-    } else if [
-        "exceeds the available context size",
-        "exceed_context_size",
-        "context window",
-        "context length",
-        "context size",
-        "context overflow",
-        "prompt is too long",
-    ]
-    .iter()
-    .any(|needle| lower.contains(needle))
-    {
-        "invalid_request_error"
-    } else {
-        "api_error"
-    }
-}
-
-/// `text` cut to at most `max` bytes on a character boundary.
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Tests of [`super`] (`rust/stream.rs`).
 
 use super::*;
+use crate::ollama_line::{MAX_ERROR_TEXT, classify_error, truncate};
 use crate::schema::ToolSet;
 use crate::sse::parse_frames;
 use crate::stop::partial_stop_len;
