@@ -75,8 +75,8 @@ def ollama_endpoint(ollama_url: str, api_key: str | None = None) -> tuple[httpx.
 # OLLAMA_MAX_QUEUE, 512 by default), so the cap only bounds a worker's sockets; a request past it waits for a
 # connection, watched for its client's disconnect and the idle limit like any other wait for Ollama.
 MAX_CONNECTIONS = 1024
-# Idle keep-alive connections kept per worker, and for how long: a busy worker reuses them for every request.
-MAX_IDLE_CONNECTIONS = 256
+# How long a finished answer's connection is kept for the next request. aiohttp keeps every released connection
+# (within the cap above) and ignores httpx's `max_keepalive_connections`, so only the expiry is set.
 IDLE_EXPIRY = 30.0
 
 
@@ -86,9 +86,7 @@ def create_client(ollama_url: str, api_key: str | None = None) -> httpx.AsyncCli
     # watchdog decides when silence means failure. `trust_env=False` keeps HTTP(S)_PROXY settings meant for the
     # internet from rerouting a local Ollama.
     timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=None, write=60.0, pool=None)
-    limits = httpx.Limits(
-        max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS, keepalive_expiry=IDLE_EXPIRY
-    )
+    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, keepalive_expiry=IDLE_EXPIRY)
     # Why aiohttp's transport rather than httpx's own (h11): docs/ARCHITECTURE.md, "The client to Ollama".
     transport = AiohttpTransport(limits=limits, trust_env=False)
     # The answer is relayed as the raw bytes Ollama sent: a compressing reverse proxy in front of Ollama must not
