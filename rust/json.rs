@@ -1,4 +1,4 @@
-//! Small JSON helpers shared by the parsers ([`crate::ollama_line`], [`crate::tokens`]) and the SSE writer.
+//! Small JSON helpers shared by the parsers ([`crate::ollama_line`], [`crate::tokens`]).
 
 use std::borrow::Cow;
 
@@ -17,22 +17,6 @@ impl CowStr<'_> {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// Bit 7 of every byte of a `u64`.
-pub(crate) const SWAR_HIGH: u64 = 0x8080_8080_8080_8080;
-/// 1 in every byte of a `u64`.
-pub(crate) const SWAR_ONES: u64 = 0x0101_0101_0101_0101;
-
-/// For eight bytes read as a little-endian `u64`: bit 7 set in the first byte that is `"`, `\\` or a control
-/// character (below 0x20), if any. Bytes above the first hit may be flagged wrongly (borrows), so only the lowest
-/// flag is meaningful; non-ASCII bytes are never flagged.
-#[inline]
-pub(crate) fn swar_string_stops(word: u64) -> u64 {
-    let quote = word ^ (SWAR_ONES * u64::from(b'"'));
-    let backslash = word ^ (SWAR_ONES * u64::from(b'\\'));
-    let zero_byte = |x: u64| x.wrapping_sub(SWAR_ONES) & !x;
-    (zero_byte(quote) | zero_byte(backslash) | (word.wrapping_sub(SWAR_ONES * 0x20) & !word)) & SWAR_HIGH
 }
 
 /// The value of the four hex digits at `bytes[at..at + 4]`.
@@ -68,16 +52,6 @@ mod tests {
     fn borrows_from_bytes_too() {
         let plain: Holder<'_> = serde_json::from_slice(br#"{"s":"abc"}"#).unwrap();
         assert!(matches!(plain.s.map(|s| s.0), Some(Cow::Borrowed("abc"))));
-    }
-
-    #[test]
-    fn string_stops() {
-        let stops = |bytes: &[u8; 8]| swar_string_stops(u64::from_le_bytes(*bytes)).trailing_zeros() / 8;
-        assert_eq!(stops(b"abc\"defg"), 3);
-        assert_eq!(stops(b"ab\\cdefg"), 2);
-        assert_eq!(stops(b"abcdefg\x01"), 7);
-        assert_eq!(stops(b"abcdefgh"), 8);
-        assert_eq!(stops("é日本".as_bytes().try_into().unwrap()), 8);
     }
 
     #[test]

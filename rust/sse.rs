@@ -5,20 +5,16 @@
 //! carries one.
 //!
 //! Everything appends to a caller-owned `Vec<u8>` so one buffer can collect many frames and go to the socket in
-//! one write. The per-event helpers write their JSON straight into that buffer: no intermediate `String`s and no
-//! `serde_json::Value` trees on the hot path. JSON strings are escaped by [`push_json_str`], which escapes exactly
-//! what `serde_json` escapes (`"`, `\`, and control characters below U+0020), so the output is byte-identical to
-//! `serde_json::to_string`.
+//! one write. Each event's data is an [`Event`] serialised by serde straight into that buffer; the event name is
+//! its `type`.
 
 use memchr::memchr2;
 use serde::Serialize;
-
-use crate::json::swar_string_stops;
+use serde_json::value::RawValue;
 
 use crate::errors::CoreError;
 
-/// Token usage as reported in `message_start`, `message_delta` and the non-streaming message (fields in the order
-/// [`push_usage`] writes them).
+/// Token usage as reported in `message_start`, `message_delta` and the non-streaming message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Usage {
     /// Prompt tokens that were not read from the cache.
@@ -30,72 +26,168 @@ pub struct Usage {
     pub output_tokens: u64,
 }
 
-/// Escape table: 0 = copy as is; otherwise the character to put after a backslash (`u` = `\u00XX`).
-const ESCAPE: [u8; 256] = {
-    let mut table = [0u8; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        table[i] = b'u';
-        i += 1;
-    }
-    table[0x08] = b'b';
-    table[0x09] = b't';
-    table[0x0A] = b'n';
-    table[0x0C] = b'f';
-    table[0x0D] = b'r';
-    table[b'"' as usize] = b'"';
-    table[b'\\' as usize] = b'\\';
-    table
-};
-
-/// Append `s` as a quoted, escaped JSON string.
-///
-/// Non-ASCII text is copied as UTF-8, like `serde_json` does; runs of plain bytes are copied in one go.
-pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        // Eight bytes at a time while nothing needs escaping: the bytes to escape are exactly the ones that end a
-        // run of plain string contents in JSON input.
-        if let Some(word) = bytes[i..].first_chunk::<8>() {
-            let stops = swar_string_stops(u64::from_le_bytes(*word));
-            if stops == 0 {
-                i += 8;
-                continue;
-            }
-            i += (stops.trailing_zeros() / 8) as usize;
-        }
-        let byte = bytes[i];
-        let escape = ESCAPE[byte as usize];
-        if escape != 0 {
-            out.extend_from_slice(&bytes[start..i]);
-            start = i + 1;
-            if escape == b'u' {
-                out.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[(byte >> 4) as usize],
-                    HEX[(byte & 0xF) as usize],
-                ]);
-            } else {
-                out.extend_from_slice(&[b'\\', escape]);
-            }
-        }
-        i += 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+/// An Anthropic message: the non-streaming answer, and (empty) the `message` of `message_start`.
+#[derive(Debug, Serialize)]
+pub struct Message<'a> {
+    /// `msg_…`.
+    pub id: &'a str,
+    /// Always `message`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Always `assistant`.
+    pub role: &'static str,
+    /// The model name the client sent.
+    pub model: &'a str,
+    /// The blocks, in the order they were opened.
+    pub content: Vec<ContentBlock<'a>>,
+    /// `end_turn`, `tool_use`, …; null until the message finished.
+    pub stop_reason: Option<&'a str>,
+    /// The client's stop sequence that ended the message.
+    pub stop_sequence: Option<&'a str>,
+    /// Token usage.
+    pub usage: Usage,
 }
 
-/// Append the decimal digits of `n`.
-pub fn push_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+impl<'a> Message<'a> {
+    /// A message with these blocks, stop reason and usage.
+    pub fn new(id: &'a str, model: &'a str, content: Vec<ContentBlock<'a>>, usage: Usage) -> Self {
+        Self {
+            id,
+            kind: "message",
+            role: "assistant",
+            model,
+            content,
+            stop_reason: None,
+            stop_sequence: None,
+            usage,
+        }
+    }
+}
+
+/// A content block of a [`Message`], or the empty block of a `content_block_start` (whose text, thinking and
+/// input follow as deltas).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock<'a> {
+    /// Reasoning, with its signature.
+    Thinking {
+        /// The reasoning text.
+        thinking: &'a str,
+        /// See `stream::signature`.
+        signature: &'a str,
+    },
+    /// Answer text.
+    Text {
+        /// The text.
+        text: &'a str,
+    },
+    /// A tool call.
+    ToolUse {
+        /// `toolu_…` or the model's own id.
+        id: &'a str,
+        /// The tool's name.
+        name: &'a str,
+        /// The arguments.
+        input: ToolInput<'a>,
+    },
+}
+
+/// A tool call's arguments (a JSON object), or `None` for the `{}` of a `content_block_start`.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolInput<'a>(pub Option<&'a RawValue>);
+
+impl Serialize for ToolInput<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.0 {
+            Some(raw) => raw.serialize(serializer),
+            None => serializer.serialize_map(Some(0))?.end(),
+        }
+    }
+}
+
+/// The data of one stream event; its `type` is also the frame's event name.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event<'a> {
+    MessageStart {
+        message: Message<'a>,
+    },
+    ContentBlockStart {
+        index: usize,
+        content_block: ContentBlock<'a>,
+    },
+    ContentBlockDelta {
+        index: usize,
+        delta: Delta<'a>,
+    },
+    ContentBlockStop {
+        index: usize,
+    },
+    MessageDelta {
+        delta: StopDelta<'a>,
+        usage: Usage,
+    },
+    MessageStop,
+    Ping,
+    Error {
+        error: ErrorBody<'a>,
+    },
+}
+
+impl Event<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Event::MessageStart { .. } => "message_start",
+            Event::ContentBlockStart { .. } => "content_block_start",
+            Event::ContentBlockDelta { .. } => "content_block_delta",
+            Event::ContentBlockStop { .. } => "content_block_stop",
+            Event::MessageDelta { .. } => "message_delta",
+            Event::MessageStop => "message_stop",
+            Event::Ping => "ping",
+            Event::Error { .. } => "error",
+        }
+    }
+}
+
+/// The `delta` of a `content_block_delta`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type")]
+enum Delta<'a> {
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
+}
+
+/// The `delta` of a `message_delta`.
+#[derive(Debug, Serialize)]
+struct StopDelta<'a> {
+    stop_reason: &'a str,
+    stop_sequence: Option<&'a str>,
+}
+
+/// The `error` of an `error` event.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+}
+
+/// Append the frame of `event`.
+fn write(out: &mut Vec<u8>, event: &Event<'_>) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.name().as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    // Writing strings, integers and valid JSON into a `Vec` cannot fail.
+    let written = serde_json::to_writer(&mut *out, event);
+    debug_assert!(written.is_ok(), "an event serialises");
+    out.extend_from_slice(b"\n\n");
 }
 
 /// Check that `event` can be used as an SSE event name: non-empty and free of line breaks.
@@ -171,180 +263,93 @@ pub fn write_frame_into(buf: &mut [u8], event: &str, data: &[u8]) {
     debug_assert_eq!(pos, buf.len());
 }
 
-/// Start a frame whose data the caller writes as one line of JSON; [`end`] closes it.
-fn begin(out: &mut Vec<u8>, event: &str) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(event.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-}
-
-fn end(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"\n\n");
-}
-
-/// Append the `usage` object (`{"input_tokens":…,"output_tokens":…[,"cache_read_input_tokens":…]}`).
-pub fn push_usage(out: &mut Vec<u8>, usage: &Usage) {
-    out.extend_from_slice(b"{\"input_tokens\":");
-    push_u64(out, usage.input_tokens);
-    if let Some(cached) = usage.cache_read_input_tokens {
-        out.extend_from_slice(b",\"cache_read_input_tokens\":");
-        push_u64(out, cached);
-    }
-    out.extend_from_slice(b",\"output_tokens\":");
-    push_u64(out, usage.output_tokens);
-    out.push(b'}');
-}
-
-/// Append a JSON string, or `null` for `None`.
-pub fn push_opt_json_str(out: &mut Vec<u8>, value: Option<&str>) {
-    match value {
-        Some(s) => push_json_str(out, s),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
 /// `message_start`: the empty assistant message with `stop_reason`/`stop_sequence` null and the input estimate.
 pub fn message_start(out: &mut Vec<u8>, id: &str, model: &str, usage: &Usage) {
-    begin(out, "message_start");
-    out.extend_from_slice(b"{\"type\":\"message_start\",\"message\":{\"id\":");
-    push_json_str(out, id);
-    out.extend_from_slice(b",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
-    push_json_str(out, model);
-    out.extend_from_slice(b",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":");
-    push_usage(out, usage);
-    out.extend_from_slice(b"}}");
-    end(out);
-}
-
-fn block_start_prefix(out: &mut Vec<u8>, index: usize) {
-    begin(out, "content_block_start");
-    out.extend_from_slice(b"{\"type\":\"content_block_start\",\"index\":");
-    push_u64(out, index as u64);
-    out.extend_from_slice(b",\"content_block\":");
+    let message = Message::new(id, model, Vec::new(), *usage);
+    write(out, &Event::MessageStart { message });
 }
 
 /// `content_block_start` of an empty text block.
 pub fn text_block_start(out: &mut Vec<u8>, index: usize) {
-    block_start_prefix(out, index);
-    out.extend_from_slice(b"{\"type\":\"text\",\"text\":\"\"}}");
-    end(out);
+    let content_block = ContentBlock::Text { text: "" };
+    write(out, &Event::ContentBlockStart { index, content_block });
 }
 
 /// `content_block_start` of an empty thinking block (its signature follows as a `signature_delta`).
 pub fn thinking_block_start(out: &mut Vec<u8>, index: usize) {
-    block_start_prefix(out, index);
-    out.extend_from_slice(b"{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}");
-    end(out);
+    let content_block = ContentBlock::Thinking {
+        thinking: "",
+        signature: "",
+    };
+    write(out, &Event::ContentBlockStart { index, content_block });
 }
 
 /// `content_block_start` of a tool call; the input follows as one `input_json_delta`.
 pub fn tool_use_block_start(out: &mut Vec<u8>, index: usize, id: &str, name: &str) {
-    block_start_prefix(out, index);
-    out.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
-    push_json_str(out, id);
-    out.extend_from_slice(b",\"name\":");
-    push_json_str(out, name);
-    out.extend_from_slice(b",\"input\":{}}}");
-    end(out);
-}
-
-/// `content_block_delta` with a delta of type `kind` whose string field `field` is `value`.
-/// The bytes of a `content_block_delta` frame before its index.
-const DELTA_HEAD: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":";
-
-/// One `content_block_delta` frame; `middle` is what goes between the index and the value
-/// (`,"delta":{"type":"<kind>","<field>":`). Deltas are the bulk of a stream, so the frame is written in as few
-/// copies as possible.
-#[inline]
-fn delta(out: &mut Vec<u8>, index: usize, middle: &[u8], value: &str) {
-    out.reserve(DELTA_HEAD.len() + 20 + middle.len() + value.len() + 2 + 4);
-    out.extend_from_slice(DELTA_HEAD);
-    push_u64(out, index as u64);
-    out.extend_from_slice(middle);
-    push_json_str(out, value);
-    out.extend_from_slice(b"}}\n\n");
+    let content_block = ContentBlock::ToolUse {
+        id,
+        name,
+        input: ToolInput(None),
+    };
+    write(out, &Event::ContentBlockStart { index, content_block });
 }
 
 /// `text_delta` for a text block.
 pub fn text_delta(out: &mut Vec<u8>, index: usize, text: &str) {
-    delta(out, index, b",\"delta\":{\"type\":\"text_delta\",\"text\":", text);
+    let delta = Delta::Text { text };
+    write(out, &Event::ContentBlockDelta { index, delta });
 }
 
 /// `thinking_delta` for a thinking block.
 pub fn thinking_delta(out: &mut Vec<u8>, index: usize, thinking: &str) {
-    delta(
-        out,
-        index,
-        b",\"delta\":{\"type\":\"thinking_delta\",\"thinking\":",
-        thinking,
-    );
+    let delta = Delta::Thinking { thinking };
+    write(out, &Event::ContentBlockDelta { index, delta });
 }
 
 /// `signature_delta`, sent just before a thinking block stops.
 pub fn signature_delta(out: &mut Vec<u8>, index: usize, signature: &str) {
-    delta(
-        out,
-        index,
-        b",\"delta\":{\"type\":\"signature_delta\",\"signature\":",
-        signature,
-    );
+    let delta = Delta::Signature { signature };
+    write(out, &Event::ContentBlockDelta { index, delta });
 }
 
 /// `input_json_delta` carrying (part of) a tool call's input JSON as a string.
 pub fn input_json_delta(out: &mut Vec<u8>, index: usize, partial_json: &str) {
-    delta(
-        out,
-        index,
-        b",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":",
-        partial_json,
-    );
+    let delta = Delta::InputJson { partial_json };
+    write(out, &Event::ContentBlockDelta { index, delta });
 }
 
 /// `content_block_stop`.
 pub fn content_block_stop(out: &mut Vec<u8>, index: usize) {
-    begin(out, "content_block_stop");
-    out.extend_from_slice(b"{\"type\":\"content_block_stop\",\"index\":");
-    push_u64(out, index as u64);
-    out.push(b'}');
-    end(out);
+    write(out, &Event::ContentBlockStop { index });
 }
 
 /// `message_delta` with the final stop reason, matched stop sequence and usage totals.
 pub fn message_delta(out: &mut Vec<u8>, stop_reason: &str, stop_sequence: Option<&str>, usage: &Usage) {
-    begin(out, "message_delta");
-    out.extend_from_slice(b"{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":");
-    push_json_str(out, stop_reason);
-    out.extend_from_slice(b",\"stop_sequence\":");
-    push_opt_json_str(out, stop_sequence);
-    out.extend_from_slice(b"},\"usage\":");
-    push_usage(out, usage);
-    out.push(b'}');
-    end(out);
+    let delta = StopDelta {
+        stop_reason,
+        stop_sequence,
+    };
+    write(out, &Event::MessageDelta { delta, usage: *usage });
 }
 
 /// `message_stop`.
 pub fn message_stop(out: &mut Vec<u8>) {
-    begin(out, "message_stop");
-    out.extend_from_slice(b"{\"type\":\"message_stop\"}");
-    end(out);
+    write(out, &Event::MessageStop);
 }
 
 /// `ping`, a keep-alive the client ignores.
 pub fn ping(out: &mut Vec<u8>) {
-    begin(out, "ping");
-    out.extend_from_slice(b"{\"type\":\"ping\"}");
-    end(out);
+    write(out, &Event::Ping);
 }
 
 /// An `error` event: `{"type":"error","error":{"type":<kind>,"message":<message>}}`.
 pub fn error(out: &mut Vec<u8>, kind: &str, message: &str) {
-    begin(out, "error");
-    out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":");
-    push_json_str(out, kind);
-    out.extend_from_slice(b",\"message\":");
-    push_json_str(out, message);
-    out.extend_from_slice(b"}}");
-    end(out);
+    write(
+        out,
+        &Event::Error {
+            error: ErrorBody { kind, message },
+        },
+    );
 }
 
 /// Test helper shared with `stream.rs`: parse a buffer of frames back into `(event, data)` pairs.

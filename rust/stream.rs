@@ -23,7 +23,6 @@
 //! Block indices start at 0, increase by one per block and are never reused. Consecutive text (or thinking)
 //! deltas for the open block within one [`Translator::feed`] call are coalesced into a single delta event.
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -32,7 +31,7 @@ use crate::heal::{HealKind, heal_value};
 use crate::ndjson::LineSplitter;
 use crate::ollama_line::{Chunk, ToolCall, parse_chunk};
 use crate::schema::ToolSet;
-use crate::sse::{self, Usage};
+use crate::sse::{self, ContentBlock, Message, ToolInput, Usage};
 use crate::stop::StopMatcher;
 use crate::text_calls::{Piece, TextCall, TextCallScanner};
 use crate::tokens::{count_json, count_text};
@@ -104,48 +103,16 @@ impl Block {
     }
 }
 
-/// The non-streaming Anthropic message, as serialised by [`Translator::message_json`].
-#[derive(Serialize)]
-struct MessageJson<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    role: &'static str,
-    model: &'a str,
-    content: Vec<BlockJson<'a>>,
-    stop_reason: Option<&'static str>,
-    stop_sequence: Option<&'a str>,
-    usage: Usage,
-}
-
-/// One content block of [`MessageJson`].
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum BlockJson<'a> {
-    Thinking {
-        thinking: &'a str,
-        signature: String,
-    },
-    Text {
-        text: &'a str,
-    },
-    ToolUse {
-        id: &'a str,
-        name: &'a str,
-        input: &'a RawValue,
-    },
-}
-
-impl<'a> BlockJson<'a> {
-    fn of(block: &'a Block) -> Self {
-        match block {
-            Block::Thinking { thinking } => BlockJson::Thinking {
-                thinking,
-                signature: signature(thinking),
-            },
-            Block::Text { text } => BlockJson::Text { text },
-            Block::ToolUse { id, name, input } => BlockJson::ToolUse { id, name, input },
-        }
+/// A block as the non-streaming message holds it (`signature` is the thinking's, computed by the caller).
+fn content_block<'a>(block: &'a Block, signature: &'a str) -> ContentBlock<'a> {
+    match block {
+        Block::Thinking { thinking } => ContentBlock::Thinking { thinking, signature },
+        Block::Text { text } => ContentBlock::Text { text },
+        Block::ToolUse { id, name, input } => ContentBlock::ToolUse {
+            id,
+            name,
+            input: ToolInput(Some(input)),
+        },
     }
 }
 
@@ -325,16 +292,23 @@ impl Translator {
     ///
     /// Never: the message holds only strings, integers and already valid JSON.
     pub fn message_json(&self) -> Vec<u8> {
-        let message = MessageJson {
-            id: &self.opts.message_id,
-            kind: "message",
-            role: "assistant",
-            model: &self.opts.model,
-            content: self.blocks.iter().map(BlockJson::of).collect(),
-            stop_reason: self.stop_reason,
-            stop_sequence: self.stop_sequence.as_deref(),
-            usage: self.usage(),
-        };
+        let signatures: Vec<String> = self
+            .blocks
+            .iter()
+            .map(|block| match block {
+                Block::Thinking { thinking } => signature(thinking),
+                _ => String::new(),
+            })
+            .collect();
+        let content = self
+            .blocks
+            .iter()
+            .zip(&signatures)
+            .map(|(block, sig)| content_block(block, sig))
+            .collect();
+        let mut message = Message::new(&self.opts.message_id, &self.opts.model, content, self.usage());
+        message.stop_reason = self.stop_reason;
+        message.stop_sequence = self.stop_sequence.as_deref();
         serde_json::to_vec(&message).expect("a message serialises")
     }
 
