@@ -1,5 +1,6 @@
 //! Tests of [`super`] (`rust/text_calls.rs`).
 
+use super::parse::trim_parameter;
 use super::*;
 use proptest::prelude::*;
 use serde_json::json;
