@@ -67,7 +67,7 @@ _END = b"\n\n"
 
 
 class LineTooLong(Exception):
-    """A line passed the limit (the Python twin of ``ccop._core.LineTooLongError``)."""
+    """A line passed the limit (the Python twin of the Rust splitter's ``CoreError::LineTooLong``)."""
 
 
 class _LineSplitter:

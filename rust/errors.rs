@@ -1,7 +1,7 @@
 //! The one error type of the pure-Rust core.
 //!
 //! Nothing here knows about Python: `python.rs` maps each variant onto an exception class
-//! (`InvalidJsonError`, `LineTooLongError`, or the `CoreError` base, all `ValueError` subclasses).
+//! (`InvalidJsonError`, or the `CoreError` base, both `ValueError` subclasses).
 
 use std::fmt;
 
@@ -21,8 +21,6 @@ pub enum CoreError {
     },
     /// An SSE event name was empty or contained a line break, which would corrupt the framing.
     InvalidSseEvent(String),
-    /// An HTTP chunked body broke its framing (a bad size line, data longer than announced, a missing CR LF).
-    InvalidChunkedBody(String),
 }
 
 impl fmt::Display for CoreError {
@@ -36,7 +34,6 @@ impl fmt::Display for CoreError {
                     "invalid SSE event name {event:?}: it must be non-empty and contain no line breaks"
                 )
             }
-            Self::InvalidChunkedBody(msg) => write!(f, "invalid chunked body: {msg}"),
         }
     }
 }

@@ -29,12 +29,6 @@ create_exception!(
 );
 create_exception!(
     ccop._core,
-    LineTooLongError,
-    CoreError,
-    "An NDJSON line exceeded the configured length limit."
-);
-create_exception!(
-    ccop._core,
     InvalidJsonError,
     CoreError,
     "The input is not valid JSON, or not the expected shape."
@@ -45,8 +39,8 @@ impl From<errors::CoreError> for PyErr {
         let message = err.to_string();
         match err {
             errors::CoreError::InvalidJson(_) => InvalidJsonError::new_err(message),
-            errors::CoreError::LineTooLong { .. } => LineTooLongError::new_err(message),
-            errors::CoreError::InvalidSseEvent(_) | errors::CoreError::InvalidChunkedBody(_) => {
+            // The translator reports an over-long upstream line as an error event; no binding raises it.
+            errors::CoreError::LineTooLong { .. } | errors::CoreError::InvalidSseEvent(_) => {
                 CoreError::new_err(message)
             }
         }
@@ -259,8 +253,8 @@ impl StreamTranslator {
 mod _core {
     #[pymodule_export]
     use super::{
-        CoreError, InvalidJsonError, LineTooLongError, StreamTranslator, count_request_tokens, count_tokens,
-        encode_sse, heal_tool_arguments, json_nesting_depth,
+        CoreError, InvalidJsonError, StreamTranslator, count_request_tokens, count_tokens, encode_sse,
+        heal_tool_arguments, json_nesting_depth,
     };
     use pyo3::prelude::*;
 

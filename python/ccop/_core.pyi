@@ -4,8 +4,7 @@ SSE encoding, tool-argument healing, token counting and the Ollama-to-Anthropic 
 
     ValueError
     └── CoreError
-        ├── InvalidJsonError
-        └── LineTooLongError
+        └── InvalidJsonError
 """
 
 from collections.abc import Sequence
@@ -14,7 +13,6 @@ from typing import final
 __all__ = [
     "CoreError",
     "InvalidJsonError",
-    "LineTooLongError",
     "StreamTranslator",
     "count_request_tokens",
     "count_tokens",
@@ -28,9 +26,6 @@ __version__: str
 
 class CoreError(ValueError):
     """Base class of the errors raised by ``ccop._core``."""
-
-class LineTooLongError(CoreError):
-    """An NDJSON line exceeded the configured length limit."""
 
 class InvalidJsonError(CoreError):
     """The input is not valid JSON, or not the expected shape."""
