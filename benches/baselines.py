@@ -169,16 +169,16 @@ def _count_block(block: Any, depth: int) -> int:
     if kind == "image":
         return IMAGE_TOKENS
     if kind == "document":
-        if source is None:
-            counted = DOCUMENT_TOKENS
-        elif source.get("type") == "text":
-            counted = _text_of(source.get("data"))
-        elif source.get("type") == "content":
-            counted = _count_content(source.get("content"), depth + 1)
-        else:
-            counted = DOCUMENT_TOKENS
-        return _text_of(block.get("title")) + _text_of(block.get("context")) + counted
+        return _text_of(block.get("title")) + _text_of(block.get("context")) + _count_document_source(source, depth)
     return py_count_json(block)
+
+
+def _count_document_source(source: dict[str, Any] | None, depth: int) -> int:
+    if source is not None and source.get("type") == "text":
+        return _text_of(source.get("data"))
+    if source is not None and source.get("type") == "content":
+        return _count_content(source.get("content"), depth + 1)
+    return DOCUMENT_TOKENS
 
 
 def py_count_request(body: bytes) -> int:

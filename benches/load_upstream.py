@@ -1,6 +1,6 @@
 """A fast stand-in for Ollama, for `load.py`: `/api/chat` NDJSON as fast as the socket takes it.
 
-Unlike `tests/ollama_double.py` (faithful, controllable, slow on purpose), this server does the least work per
+Unlike `tests/ollama_double/` (faithful, controllable, slow on purpose), this server does the least work per
 request: every answer is encoded once at start-up and each `/api/chat` is one `transport.write`. The stream has
 Ollama's shape: one HTTP/1.1 chunk per NDJSON line (Ollama's Go server flushes each line), `N` content chunks
 `{"model","created_at","message":{"role":"assistant","content":<token>},"done":false}`, then the `done` chunk with
