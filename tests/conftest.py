@@ -6,6 +6,7 @@ HTTP. Only Ollama is replaced, by `ollama_double.OllamaDouble`, which speaks Oll
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -39,6 +41,23 @@ def ccop_command() -> list[str]:
     """The installed console script, or the module when the script's directory is not on PATH."""
     script = shutil.which("ccop")
     return [script] if script else [sys.executable, "-m", "ccop"]
+
+
+def run_ccop(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The `ccop` command as a user runs it, with none of this machine's ccop or Ollama settings leaking in."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CCOP_")}
+    for key in ("PORT", "HOST", "OLLAMA_URL", "OLLAMA_HOST", "OLLAMA_API_KEY", "DEFAULT_MODEL"):
+        clean.pop(key, None)
+    clean.update(env or {})
+    return subprocess.run([*ccop_command(), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=60)
+
+
+def printed_config(*args: str, cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """What `ccop … --print-config` says is in effect."""
+    result = run_ccop(*args, "--print-config", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    shown: dict[str, Any] = json.loads(result.stdout)
+    return shown
 
 
 @dataclass

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 import ccop
-from conftest import ccop_command
+from conftest import printed_config, run_ccop
 
 FLAGS = [
     "--config",
@@ -36,30 +34,15 @@ FLAGS = [
 ]
 
 
-def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CCOP_")}
-    for key in ("PORT", "HOST", "OLLAMA_URL", "OLLAMA_HOST", "OLLAMA_API_KEY", "DEFAULT_MODEL"):
-        clean.pop(key, None)
-    clean.update(env or {})
-    return subprocess.run([*ccop_command(), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=60)
-
-
-def resolved(*args: str, cwd: Path, env: dict[str, str] | None = None) -> dict[str, object]:
-    result = run(*args, "--print-config", cwd=cwd, env=env)
-    assert result.returncode == 0, result.stderr
-    data: dict[str, object] = json.loads(result.stdout)
-    return data
-
-
 def test_help_lists_every_flag(tmp_path: Path) -> None:
-    result = run("--help", cwd=tmp_path)
+    result = run_ccop("--help", cwd=tmp_path)
     assert result.returncode == 0
     for flag in FLAGS:
         assert flag in result.stdout, flag
 
 
 def test_version_matches_package(tmp_path: Path) -> None:
-    result = run("--version", cwd=tmp_path)
+    result = run_ccop("--version", cwd=tmp_path)
     assert result.stdout.strip() == f"ccop {ccop.__version__}"
 
 
@@ -72,7 +55,7 @@ def test_both_console_scripts_exist() -> None:
 
 
 def test_defaults(tmp_path: Path) -> None:
-    settings = resolved(cwd=tmp_path)
+    settings = printed_config(cwd=tmp_path)
     assert settings["port"] == 3000
     assert settings["host"] == "127.0.0.1"
     assert settings["ollamaUrl"] == "http://localhost:11434"
@@ -87,7 +70,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
         json.dumps({"port": 4001, "defaultModel": "from-file", "host": "127.0.0.2", "workers": 3})
     )
     env = {"PORT": "4002", "DEFAULT_MODEL": "from-env"}
-    settings = resolved("--port", "4003", cwd=tmp_path, env=env)
+    settings = printed_config("--port", "4003", cwd=tmp_path, env=env)
     assert settings["port"] == 4003  # flag beats env and file
     assert settings["defaultModel"] == "from-env"  # env beats file
     assert settings["host"] == "127.0.0.2"  # file beats default
@@ -107,7 +90,7 @@ def test_every_env_var_is_read(tmp_path: Path) -> None:
         "CCOP_WORKERS": "4",
         "CCOP_TOKEN_COUNTING": "heuristic",
     }
-    settings = resolved(cwd=tmp_path, env=env)
+    settings = printed_config(cwd=tmp_path, env=env)
     assert settings["port"] == 4100
     assert settings["host"] == "0.0.0.0"
     assert settings["ollamaUrl"] == "http://gpu-box:11434"
@@ -120,40 +103,42 @@ def test_every_env_var_is_read(tmp_path: Path) -> None:
 
 
 def test_flag_can_switch_off_an_env_boolean(tmp_path: Path) -> None:
-    settings = resolved("--no-strict-thinking", cwd=tmp_path, env={"CCOP_STRICT_THINKING": "true"})
+    settings = printed_config("--no-strict-thinking", cwd=tmp_path, env={"CCOP_STRICT_THINKING": "true"})
     assert settings["strictThinking"] is False
 
 
 def test_model_maps_merge_across_layers(tmp_path: Path) -> None:
     (tmp_path / "proxy.config.json").write_text(json.dumps({"modelMap": {"a": "file-a", "b": "file-b"}}))
-    settings = resolved("-m", "b=flag-b", "--model-map", "c=flag-c", cwd=tmp_path, env={"CCOP_MODEL_MAP": "a=env-a"})
+    settings = printed_config(
+        "-m", "b=flag-b", "--model-map", "c=flag-c", cwd=tmp_path, env={"CCOP_MODEL_MAP": "a=env-a"}
+    )
     assert settings["modelMap"] == {"a": "env-a", "b": "flag-b", "c": "flag-c"}
 
 
 def test_explicit_config_path_and_env_config(tmp_path: Path) -> None:
     config = tmp_path / "elsewhere.json"
     config.write_text(json.dumps({"defaultModel": "explicit"}))
-    assert resolved("-c", str(config), cwd=tmp_path)["defaultModel"] == "explicit"
-    assert resolved(cwd=tmp_path, env={"CCOP_CONFIG": str(config)})["defaultModel"] == "explicit"
+    assert printed_config("-c", str(config), cwd=tmp_path)["defaultModel"] == "explicit"
+    assert printed_config(cwd=tmp_path, env={"CCOP_CONFIG": str(config)})["defaultModel"] == "explicit"
 
 
 def test_init_writes_a_usable_config_and_refuses_to_overwrite(tmp_path: Path) -> None:
-    result = run("--init", cwd=tmp_path)
+    result = run_ccop("--init", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "proxy.config.json").read_text())
     assert written["defaultModel"] == "llama3.1"
     assert isinstance(written["modelMap"], dict) and written["modelMap"]
     # The written file must load without errors.
-    settings = resolved(cwd=tmp_path)
+    settings = printed_config(cwd=tmp_path)
     assert settings["modelMap"] == written["modelMap"]
 
     (tmp_path / "proxy.config.json").write_text('{"port": 1234}')
-    again = run("--init", cwd=tmp_path)
+    again = run_ccop("--init", cwd=tmp_path)
     assert again.returncode != 0
     assert "already exists" in again.stderr
     assert json.loads((tmp_path / "proxy.config.json").read_text()) == {"port": 1234}
 
-    forced = run("--init", "--force", cwd=tmp_path)
+    forced = run_ccop("--init", "--force", cwd=tmp_path)
     assert forced.returncode == 0
     assert json.loads((tmp_path / "proxy.config.json").read_text())["defaultModel"] == "llama3.1"
 
@@ -182,7 +167,7 @@ def test_bad_values_exit_with_one_line_error(
 ) -> None:
     if config is not None:
         (tmp_path / "proxy.config.json").write_text(config)
-    result = run(*args, "--print-config", cwd=tmp_path, env=env)
+    result = run_ccop(*args, "--print-config", cwd=tmp_path, env=env)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -194,7 +179,7 @@ def test_every_setting_has_a_flag_an_env_var_and_a_documented_row(tmp_path: Path
     # The option table is the one declaration of a setting: the flag, its help and the docs row all follow from it.
     from ccop.settings import OPTIONS
 
-    help_text = " ".join(run("--help", cwd=tmp_path).stdout.split())
+    help_text = " ".join(run_ccop("--help", cwd=tmp_path).stdout.split())
     docs = (Path(__file__).parent.parent / "docs" / "CLI.md").read_text()
     rows = {line.split("|")[3].strip(): line for line in docs.splitlines() if line.startswith("| `-")}
     for option in OPTIONS:
@@ -206,9 +191,12 @@ def test_every_setting_has_a_flag_an_env_var_and_a_documented_row(tmp_path: Path
 
 
 def test_a_settings_flag_is_checked_by_its_own_rule(tmp_path: Path) -> None:
-    assert resolved("--ping-interval", "0.5", cwd=tmp_path)["pingInterval"] == 0.5
-    assert resolved("--model-num-ctx", "qwen3:8b=8192", cwd=tmp_path)["modelNumCtx"] == {"qwen3:8b": 8192}
-    assert resolved("--cors-origin", "http://a", "--cors-origin", "*", cwd=tmp_path)["corsOrigins"] == ["http://a", "*"]
+    assert printed_config("--ping-interval", "0.5", cwd=tmp_path)["pingInterval"] == 0.5
+    assert printed_config("--model-num-ctx", "qwen3:8b=8192", cwd=tmp_path)["modelNumCtx"] == {"qwen3:8b": 8192}
+    assert printed_config("--cors-origin", "http://a", "--cors-origin", "*", cwd=tmp_path)["corsOrigins"] == [
+        "http://a",
+        "*",
+    ]
     for args, expected in [
         (["--idle-timeout", "nan"], "--idle-timeout: expected a positive number"),
         (["--num-ctx", "-1"], "--num-ctx: must be at least 0"),
@@ -216,6 +204,6 @@ def test_a_settings_flag_is_checked_by_its_own_rule(tmp_path: Path) -> None:
         (["--token-counting", "exact"], "--token-counting: invalid choice"),
         (["-u", "ftp://x"], "--ollama-url: expected an Ollama address"),
     ]:
-        result = run(*args, "--print-config", cwd=tmp_path)
+        result = run_ccop(*args, "--print-config", cwd=tmp_path)
         assert result.returncode == 2, args
         assert result.stderr.startswith("ccop: ") and expected in result.stderr, result.stderr

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import Spawn, ccop_command
+from conftest import Spawn, printed_config, run_ccop
 from ollama_double import OllamaDouble, Reply
 
 QUESTION = [{"role": "user", "content": "hello"}]
@@ -22,21 +20,6 @@ QUESTION = [{"role": "user", "content": "hello"}]
 
 def body(**extra: Any) -> dict[str, Any]:
     return {"model": "llama3.1", "max_tokens": 64, "messages": QUESTION, **extra}
-
-
-def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CCOP_")}
-    for key in ("PORT", "HOST", "OLLAMA_URL", "OLLAMA_HOST", "OLLAMA_API_KEY", "DEFAULT_MODEL"):
-        clean.pop(key, None)
-    clean.update(env or {})
-    return subprocess.run([*ccop_command(), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=60)
-
-
-def printed_config(*args: str, cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = run(*args, "--print-config", cwd=cwd, env=env)
-    assert result.returncode == 0, result.stderr
-    shown: dict[str, Any] = json.loads(result.stdout)
-    return shown
 
 
 def authorizations(ollama: OllamaDouble) -> dict[str, set[str | None]]:
@@ -89,7 +72,7 @@ def test_the_ollama_api_key_goes_on_every_request_and_nowhere_else(
 
 
 def test_the_doctor_sends_the_ollama_api_key(ollama: OllamaDouble, tmp_path: Path) -> None:
-    result = run("doctor", "--ollama-url", ollama.url, "--ollama-api-key", "tok-doctor", cwd=tmp_path)
+    result = run_ccop("doctor", "--ollama-url", ollama.url, "--ollama-api-key", "tok-doctor", cwd=tmp_path)
     assert f"is reachable at {ollama.url}" in result.stdout, result.stdout
     seen = authorizations(ollama)
     assert {"/api/version", "/api/tags", "/api/show"} <= set(seen)
@@ -123,7 +106,7 @@ def test_an_address_without_a_scheme_works(spawn: Spawn, ollama: OllamaDouble) -
 
 
 def test_ollama_host_is_honoured_when_serving(ollama: OllamaDouble, tmp_path: Path) -> None:
-    result = run("doctor", cwd=tmp_path, env={"OLLAMA_HOST": f"127.0.0.1:{ollama.port}"})
+    result = run_ccop("doctor", cwd=tmp_path, env={"OLLAMA_HOST": f"127.0.0.1:{ollama.port}"})
     assert f"is reachable at {ollama.url}" in result.stdout, result.stdout
 
 
@@ -147,7 +130,7 @@ def test_a_config_file_from_the_typescript_tool_loads(tmp_path: Path) -> None:
 
 
 def test_init_writes_the_flags_given_with_it(tmp_path: Path) -> None:
-    result = run(
+    result = run_ccop(
         "--init", "--default-model", "qwen3:8b", "-p", "3200", "-m", "claude-x=y:1b", "-u", "box", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
