@@ -39,7 +39,7 @@ from ccop.security import (
 )
 from ccop.settings import Settings, redacted_url
 from ccop.streaming import watch_shutdown
-from ccop.upstream import OllamaChat, create_client, unreachable
+from ccop.upstream import OllamaChat, create_client, transport_failure, unreachable
 
 __all__ = ["ProxyApp", "create_app"]
 
@@ -238,7 +238,7 @@ async def _health(app: ProxyApp, scope: Scope, receive: Receive, send: Send, req
         else:
             ollama["error"] = f"/api/version answered HTTP {response.status_code}"
     except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
-        ollama["error"] = str(exc) or type(exc).__name__
+        ollama["error"] = transport_failure(exc)
     body: dict[str, object] = {
         "status": "ok",
         "version": __version__,

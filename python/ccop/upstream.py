@@ -32,6 +32,7 @@ __all__ = [
     "error_from_response",
     "ollama_endpoint",
     "read_error_body",
+    "transport_failure",
     "unreachable",
 ]
 
@@ -131,7 +132,7 @@ class OllamaChat:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if delay is None or not may_retry():
                     raise unreachable(self._ollama_url, exc) from None
-                reason = f"refused the connection ({exc or type(exc).__name__})"
+                reason = f"refused the connection ({transport_failure(exc)})"
             except httpx.TransportError as exc:
                 raise unreachable(self._ollama_url, exc) from None
             else:
@@ -173,8 +174,23 @@ def _close_unclaimed(sending: asyncio.Future[httpx.Response]) -> None:
 _CLOSING: set[asyncio.Future[None]] = set()
 
 
+def transport_failure(exc: Exception) -> str:
+    """Why a request to Ollama failed, in the operating system's words when there are some.
+
+    aiohttp wraps a refused connection as "Cannot connect to host … ssl:default [Connect call failed …]"; the
+    socket error underneath is what tells the user something.
+    """
+    innermost: BaseException = exc
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and str(cause):
+            innermost = cause  # aiohttp's connector error is an OSError too: the one underneath it says more
+        cause = cause.__cause__ or cause.__context__
+    return str(innermost) or type(exc).__name__
+
+
 def unreachable(ollama_url: str, exc: Exception) -> UpstreamError:
-    reason = str(exc) or type(exc).__name__
+    reason = transport_failure(exc)
     return UpstreamError(
         f"Ollama is not reachable at {redacted_url(ollama_url)} ({reason}). Start it with `ollama serve`, or point the "
         "proxy at the right server with --ollama-url."
