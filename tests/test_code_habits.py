@@ -41,3 +41,21 @@ def test_architecture_lists_every_module_of_the_package_once() -> None:
     assert sorted(documented) == modules
     # Three modules were once models.py, model_list.py and catalog.py: names that did not tell them apart.
     assert {"model_names.py", "models_endpoint.py", "model_facts.py"} <= set(documented)
+
+
+def _code_lines(text: str) -> int:
+    """Lines with code on them: not blank, not only a comment (`//`, `///`, `//!`)."""
+    return sum(1 for line in text.splitlines() if line.strip() and not line.strip().startswith("//"))
+
+
+def test_rust_core_stays_small() -> None:
+    # The Rust core does the per-chunk work and nothing else (issue 18): at most 3,000 lines of code outside its
+    # tests (about 4,200 before the HTTP client, two token counters and two chunk parsers went), no file over 700.
+    total = 0
+    for path in sorted((ROOT / "rust").rglob("*.rs")):
+        if path.name == "tests.rs":
+            continue
+        text = path.read_text()
+        assert len(text.splitlines()) <= 700, f"{path.relative_to(ROOT)} has grown past 700 lines: split it"
+        total += _code_lines(text.split("#[cfg(test)]", 1)[0])
+    assert total <= 3000, f"the Rust core has {total} lines of code outside its tests"

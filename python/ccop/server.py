@@ -212,6 +212,7 @@ def serve(settings: Settings, address: str | None = None) -> None:
         port=settings.port,
         interface=Interfaces.ASGI,
         workers=settings.workers,
+        # uvloop where it is installed (a dependency everywhere but Windows), else asyncio's own loop.
         loop=Loops.auto,
         # HTTP/1.1 only: with "auto", hyper waits for the first bytes to tell HTTP/1 from HTTP/2 with no timeout at
         # all, so a connection that never sends anything was never closed. Clients of this API speak HTTP/1.1.
