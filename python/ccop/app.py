@@ -1,11 +1,13 @@
 """The ASGI application: routing, the worker's lifespan, and one log line per request.
 
-`create_app()` is the factory Granian calls in every worker process. The worker's `httpx.AsyncClient` to Ollama is
-opened in the ASGI lifespan and closed with it, so connections to Ollama are pooled across requests.
+`create_app()` is the factory Granian calls in every worker process. The worker's pool of Ollama hosts (one
+`httpx.AsyncClient` each) is opened in the ASGI lifespan and closed with it, so connections to Ollama are pooled
+across requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -20,10 +22,11 @@ import orjson
 from ccop import __version__
 from ccop._types import Receive, Scope, Send
 from ccop.calibration import Calibration
-from ccop.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, NotFound, ProxyError
+from ccop.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, NotFound, ProxyError, UpstreamError
+from ccop.hosts import HostPool, OllamaHost
 from ccop.logs import configure_logging, printable
 from ccop.messages import MessagesService, RequestRecord
-from ccop.model_facts import ModelCatalog
+from ccop.model_facts import InstalledModel, ModelCatalog
 from ccop.models_endpoint import find_entry, list_page, model_entries
 from ccop.responses import ClientDisconnected, read_body, send_bytes, send_error, send_json
 from ccop.security import (
@@ -37,9 +40,9 @@ from ccop.security import (
     require_json,
     with_cors,
 )
-from ccop.settings import Settings, redacted_url
+from ccop.settings import Settings, model_key, redacted_url
 from ccop.streaming import watch_shutdown
-from ccop.upstream import OllamaChat, create_client, transport_failure, unreachable
+from ccop.upstream import transport_failure, unreachable
 
 __all__ = ["ProxyApp", "create_app"]
 
@@ -54,7 +57,7 @@ class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.calibration = Calibration(enabled=settings.token_counting == "calibrated")
-        self._client: httpx.AsyncClient | None = None
+        self._hosts: HostPool | None = None
         self._messages: MessagesService | None = None
         self._catalog: ModelCatalog | None = None
         # On loopback only a page's DNS rebinding brings a foreign Host; a user who binds beyond it chose the network.
@@ -67,35 +70,41 @@ class ProxyApp:
         # Only in a served worker (the lifespan runs): SIGTERM then gives running answers their grace period.
         watch_shutdown(self.settings.shutdown_grace)
 
-    def _open(self) -> httpx.AsyncClient:
-        client = create_client(self.settings.ollama_url, self.settings.ollama_api_key)
-        self._client = client
-        self._catalog = ModelCatalog(client)
-        chat = OllamaChat(client, self.settings.ollama_url)
-        self._messages = MessagesService(self.settings, chat, self.calibration, self._catalog)
-        return client
+    def _open(self) -> HostPool:
+        pool = HostPool.from_settings(self.settings)
+        self._hosts = pool
+        # The messages service talks to the primary host for now; the pool is there for choosing among hosts.
+        primary = pool.primary
+        self._catalog = primary.catalog
+        self._messages = MessagesService(self.settings, primary.chat, self.calibration, primary.catalog)
+        return pool
 
     async def shutdown(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._hosts is not None:
+            await self._hosts.aclose()
+            self._hosts = None
+
+    @property
+    def hosts(self) -> HostPool:
+        if self._hosts is None:
+            # Servers without lifespan support (or a test calling the app directly) still get working clients.
+            return self._open()
+        return self._hosts
 
     @property
     def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            # Servers without lifespan support (or a test calling the app directly) still get a working client.
-            return self._open()
-        return self._client
+        """The primary host's client."""
+        return self.hosts.primary.client
 
     @property
     def catalog(self) -> ModelCatalog:
-        _ = self.client
+        _ = self.hosts
         assert self._catalog is not None
         return self._catalog
 
     @property
     def messages(self) -> MessagesService:
-        _ = self.client
+        _ = self.hosts
         assert self._messages is not None
         return self._messages
 
@@ -214,9 +223,8 @@ class ProxyApp:
 
 
 async def _root(app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord) -> None:
-    body = (
-        f"ccop {__version__} is running; Anthropic Messages API -> Ollama at {redacted_url(app.settings.ollama_url)}\n"
-    )
+    urls = ", ".join(redacted_url(url) for url in app.settings.ollama_urls)
+    body = f"ccop {__version__} is running; Anthropic Messages API -> Ollama at {urls}\n"
     await send_bytes(
         send, 200, body.encode(), content_type=b"text/plain; charset=utf-8", head=scope["method"] == "HEAD"
     )
@@ -228,25 +236,19 @@ async def _health(app: ProxyApp, scope: Scope, receive: Receive, send: Send, req
         # Open without the key, so monitors can watch it, but then it tells nothing about the set-up.
         await send_json(send, 200, {"status": "ok"}, head=head)
         return
-    url = redacted_url(app.settings.ollama_url)
-    ollama: dict[str, object] = {"url": url, "reachable": False}
-    try:
-        response = await app.client.get("/api/version", timeout=2.0)
-        ollama["reachable"] = response.status_code == 200
-        if response.status_code == 200:
-            ollama["version"] = orjson.loads(response.content).get("version")
-        else:
-            ollama["error"] = f"/api/version answered HTTP {response.status_code}"
-    except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
-        ollama["error"] = transport_failure(exc)
+    hosts = list(await asyncio.gather(*(_host_health(host) for host in app.hosts.hosts)))
+    # `ollama` is the primary host, as before there were several; `hosts` has every one.
+    ollama = hosts[0]
     body: dict[str, object] = {
         "status": "ok",
         "version": __version__,
         "pid": os.getpid(),
         "ollama": ollama,
+        "hosts": hosts,
         # What `ccop claude` compares before reusing this proxy: the window Claude Code is told must be the one sent.
         "settings": {
-            "ollama_url": url,
+            "ollama_url": ollama["url"],
+            "ollama_urls": [host["url"] for host in hosts],
             "default_model": app.settings.default_model,
             "num_ctx": app.settings.num_ctx,
             "model_num_ctx": dict(app.settings.model_num_ctx),
@@ -255,11 +257,30 @@ async def _health(app: ProxyApp, scope: Scope, receive: Receive, send: Send, req
         # How often the models' tool calls needed repair, per kind ("unchanged": arguments arrived as an object).
         "tool_calls": dict(sorted(app.messages.tool_calls.items())),
     }
-    if not ollama["reachable"]:
+    if not any(host["reachable"] for host in hosts):
         # Still a working proxy (requests get a clear 502), but not one that can answer them.
         body["status"] = "degraded"
-        body["reason"] = f"Ollama is not reachable at {url} ({ollama['error']})"
+        body["reason"] = "; ".join(f"Ollama is not reachable at {host['url']} ({host['error']})" for host in hosts)
     await send_json(send, 200, body, head=head)
+
+
+async def _host_health(host: OllamaHost) -> dict[str, object]:
+    """One host's line in `/health`: reachable now (asked), its version, and whether requests are sent to it."""
+    state: dict[str, object] = {"url": host.display_url, "reachable": False}
+    try:
+        response = await host.client.get("/api/version", timeout=2.0)
+        state["reachable"] = response.status_code == 200
+        if response.status_code == 200:
+            state["version"] = orjson.loads(response.content).get("version")
+        else:
+            state["error"] = f"/api/version answered HTTP {response.status_code}"
+    except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
+        state["error"] = transport_failure(exc)
+    state["healthy"] = host.healthy
+    if not host.healthy:
+        state["out_for_seconds"] = round(host.out_for, 1)
+        state["last_error"] = host.last_error
+    return state
 
 
 def _has_api_key(scope: Scope, api_key: str) -> bool:
@@ -297,10 +318,19 @@ async def _count_tokens(
 
 
 async def _installed_entries(app: ProxyApp) -> list[dict[str, Any]]:
-    installed = await app.catalog.installed()
-    if installed is None:
-        raise unreachable(app.settings.ollama_url, ConnectionError("/api/tags did not answer"))
-    return model_entries(installed, app.settings.model_map)
+    """The models of every host, each once (first host first), behind the model map's names."""
+    hosts = app.hosts.hosts
+    answers = await asyncio.gather(*(host.catalog.installed() for host in hosts))
+    if all(answer is None for answer in answers):
+        if len(hosts) == 1:
+            raise unreachable(app.settings.ollama_url, ConnectionError("/api/tags did not answer"))
+        urls = ", ".join(host.display_url for host in hosts)
+        raise UpstreamError(f"no Ollama answered /api/tags ({urls}). Start them with `ollama serve`.")
+    union: dict[str, InstalledModel] = {}
+    for installed in answers:
+        for model in installed or ():
+            union.setdefault(model_key(model.name), model)
+    return model_entries(list(union.values()), app.settings.model_map)
 
 
 async def _models(app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord) -> None:

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import orjson
 
 from ccop import __version__
-from ccop.diagnostics import probe
+from ccop.diagnostics import Report, probe_hosts
 from ccop.launch_args import LAUNCHER_HELP, LaunchUsageError, parse_launch_args
 from ccop.launcher import launch
 from ccop.security import is_loopback
@@ -127,7 +127,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     for option in OPTIONS:
         value = getattr(args, option.name)
         if value is not None and option.repeatable:
-            value = tuple(value) if option.kind == "list" else dict(value)
+            value = option.collect(value)
         flags[option.name] = value
     return flags
 
@@ -170,14 +170,15 @@ def _shown_config(settings: Settings) -> dict[str, Any]:
     for secret in ("apiKey", "ollamaApiKey"):
         if shown[secret]:
             shown[secret] = "********"  # configured, but not for the screen
-    shown["ollamaUrl"] = redacted_url(shown["ollamaUrl"])
+    urls = shown["ollamaUrl"]
+    shown["ollamaUrl"] = redacted_url(urls) if isinstance(urls, str) else [redacted_url(url) for url in urls]
     return shown
 
 
 def banner(settings: Settings) -> str:
     workers = f"{settings.workers} worker" + ("s" if settings.workers != 1 else "")
     source = f" · config {settings.config_path}" if settings.config_path else ""
-    ollama = redacted_url(settings.ollama_url)
+    ollama = ", ".join(redacted_url(url) for url in settings.ollama_urls)
     # An IPv6 address takes brackets in a URL (http://[::1]:3000).
     host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
     return (
@@ -199,15 +200,30 @@ def doctor(argv: Sequence[str]) -> int:
     settings = _settings(build_parser("ccop doctor").parse_args(argv))
     if settings is None:
         return 2
-    report = probe(settings, contexts=True)
-    print(f"ccop {__version__} doctor: Ollama at {redacted_url(settings.ollama_url)}")
+    reports = probe_hosts(settings, contexts=True)
+    print(f"ccop {__version__} doctor: Ollama at {', '.join(report.url for report in reports)}")
+    for report in reports:
+        if len(reports) > 1:
+            print(f"{report.url}:")
+        _print_checks(report)
+    failing = [report.url for report in reports if not report.healthy]
+    if not failing:
+        print("all good")
+        return 0
+    if len(failing) < len(reports):
+        # The proxy sends requests to the hosts that work: a warning, not a failure.
+        print(f"warning: problems on {', '.join(failing)}; the other Ollama servers work. Apply the fixes above.")
+        return 0
+    print("problems found: apply the fixes above, then run `ccop doctor` again")
+    return 1
+
+
+def _print_checks(report: Report) -> None:
     for check in report.checks:
         mark = "ok  " if check.ok else ("note" if check.warning else "FAIL")
         print(f"  {mark} {check.text}")
         if check.fix and not check.ok:
             print(f"       fix: {check.fix}")
-    print("all good" if report.healthy else "problems found: apply the fixes above, then run `ccop doctor` again")
-    return 0 if report.healthy else 1
 
 
 def claude(argv: Sequence[str]) -> int:

@@ -6,6 +6,7 @@ Each check says what it found and, when something is wrong, the exact command or
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
@@ -15,7 +16,7 @@ from ccop.model_facts import ModelInfo, parse_show
 from ccop.settings import DEFAULT_NUM_CTX, Settings, redacted_url
 from ccop.upstream import ollama_endpoint
 
-__all__ = ["CLAUDE_CODE_WINDOW", "Check", "Report", "probe", "startup_lines"]
+__all__ = ["CLAUDE_CODE_WINDOW", "Check", "Report", "best_report", "probe", "probe_hosts", "startup_lines"]
 
 # Claude Code's prompt alone is 12–25k tokens (about 1k with --bare): a smaller window cannot hold a session.
 MIN_USEFUL_CONTEXT = 16384
@@ -89,17 +90,44 @@ def _trained_length(client: httpx.Client, name: str) -> int | None:
         return None
 
 
-def probe(
+def probe_hosts(
     settings: Settings, *, timeout: float = 5.0, also: Sequence[tuple[str, str]] = (), contexts: bool = False
+) -> list[Report]:
+    """`probe` of every configured Ollama, in the configured order; asked at once, so a dead one costs its timeout
+    once, not once per host."""
+    if len(settings.ollama_urls) == 1:
+        return [probe(settings, timeout=timeout, also=also, contexts=contexts)]
+    with ThreadPoolExecutor(max_workers=min(8, len(settings.ollama_urls))) as pool:
+        futures = [
+            pool.submit(probe, settings, timeout=timeout, also=also, contexts=contexts, url=url)
+            for url in settings.ollama_urls
+        ]
+        return [future.result() for future in futures]
+
+
+def best_report(reports: Sequence[Report]) -> Report:
+    """The report to act on when one must be chosen (`ccop claude`): the first healthy, else the first reachable."""
+    return next((r for r in reports if r.healthy), None) or next((r for r in reports if r.reachable), reports[0])
+
+
+def probe(
+    settings: Settings,
+    *,
+    timeout: float = 5.0,
+    also: Sequence[tuple[str, str]] = (),
+    contexts: bool = False,
+    url: str | None = None,
 ) -> Report:
-    """Ask Ollama about itself and every model the configuration names (and `also`: more (role, model) pairs).
+    """Ask an Ollama (`url`, by default the primary) about itself and every model the configuration names (and
+    `also`: more (role, model) pairs).
 
     With `contexts`, also every tool-capable model's trained length, to suggest or offer models by it (one
     `/api/show` each: for `ccop doctor` and `ccop claude`, not for the start-up summary of every worker).
     """
-    report = Report(url=redacted_url(settings.ollama_url))
+    ollama_url = url or settings.ollama_url
+    report = Report(url=redacted_url(ollama_url))
     # The same credentials the proxy sends (from the URL, or --ollama-api-key), on every probe.
-    base_url, credentials = ollama_endpoint(settings.ollama_url, settings.ollama_api_key)
+    base_url, credentials = ollama_endpoint(ollama_url, settings.ollama_api_key)
     with httpx.Client(base_url=base_url, headers=credentials, timeout=timeout, trust_env=False) as client:
         try:
             version = client.get("/api/version")
@@ -248,11 +276,18 @@ def _older_than(version: str, minimum: tuple[int, ...]) -> bool:
 
 
 def startup_lines(settings: Settings) -> list[str]:
-    """A short summary for the banner, plus a warning line per problem."""
-    report = probe(settings, timeout=3.0)
+    """A short summary for the banner, plus a warning line per problem; per host when there are several."""
+    reports = probe_hosts(settings, timeout=3.0)
+    if len(reports) == 1:
+        return _summary(reports[0])
+    return [f"{report.url}: {line}" for report in reports for line in _summary(report, several=True)]
+
+
+def _summary(report: Report, *, several: bool = False) -> list[str]:
     if not report.reachable:
+        consequence = "it gets no requests" if several else "requests will fail"
         return [
-            f"warning: Ollama is not reachable at {report.url} yet ({report.error}); requests will fail "
+            f"warning: Ollama is not reachable at {report.url} yet ({report.error}); {consequence} "
             "until it runs (`ollama serve`)"
         ]
     default = report.models[0]

@@ -23,7 +23,7 @@ _OPTIONS: dict[str, tuple[str | None, bool]] = {
     "--small-model": (None, True),
     "--num-ctx": ("num_ctx", True),
     "--port": ("port", True),
-    "--ollama-url": ("ollama_url", True),
+    "--ollama-url": ("ollama_urls", True),
     "--config": (None, True),
     "--print-env": (None, False),
     "--skip-checks": (None, False),
@@ -44,7 +44,7 @@ launcher options (everything else, and everything after `--`, goes to Claude Cod
   --num-ctx TOKENS     the context window, for the proxy and for Claude Code alike (default: 65536, or what the
                        model was trained for if less)
   --port PORT          the proxy's port (default 3000)
-  --ollama-url URL     Ollama's base URL (default http://localhost:11434)
+  --ollama-url URL     Ollama's base URL (default http://localhost:11434); repeat it for several Ollama servers
   --config FILE        the proxy's config file (default ./proxy.config.json)
   --print-env          print the environment as export lines instead of running Claude Code
   --skip-checks        start Claude Code even when the pre-flight checks fail
@@ -103,6 +103,8 @@ def _store(args: LaunchArgs, option: str, value: str | None) -> None:
         args.flags["num_ctx"] = _number(option, value, 0)
     elif option == "--port":
         args.flags["port"] = _number(option, value, 1, 65535)
+    elif option == "--ollama-url":
+        args.flags["ollama_urls"] = (*args.flags.get("ollama_urls", ()), value)
     else:
         assert target is not None
         args.flags[target] = value

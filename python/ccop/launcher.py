@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
-from ccop.diagnostics import Report, probe
+from ccop.diagnostics import Report, best_report, probe_hosts
 from ccop.launch_args import LaunchArgs, permission_mode_chosen
 from ccop.settings import DEFAULT_NUM_CTX, SETTINGS_ENV, Settings, redacted_url
 
@@ -120,12 +120,14 @@ def _differences(settings: Settings, health: Mapping[str, Any]) -> list[str]:
     running = health.get("settings")
     if not isinstance(running, dict):
         return []
-    wanted = {
-        "Ollama URL": redacted_url(settings.ollama_url),
-        "num_ctx": settings.num_ctx,
-        "per-model num_ctx": dict(settings.model_num_ctx),
-    }
+    urls = [redacted_url(url) for url in settings.ollama_urls]
+    wanted: dict[str, Any] = {"Ollama URL": urls[0], "num_ctx": settings.num_ctx}
+    wanted["per-model num_ctx"] = dict(settings.model_num_ctx)
     keys = {"Ollama URL": "ollama_url", "num_ctx": "num_ctx", "per-model num_ctx": "model_num_ctx"}
+    if "ollama_urls" in running or len(urls) > 1:
+        # A proxy from before there could be several Ollamas reports only the one.
+        wanted["Ollama URLs"] = urls
+        keys["Ollama URLs"] = "ollama_urls"
     return [
         f"{label} {running.get(keys[label])!r} instead of {value!r}"
         for label, value in wanted.items()
@@ -219,18 +221,23 @@ def _with_model(settings: Settings, model: str) -> Settings:
 def _check(settings: Settings, args: LaunchArgs) -> tuple[Settings, Report] | None:
     """Run the doctor's checks (and offer a model when none is configured); None when Claude Code must not start."""
     also = [("fast model", args.small_model)] if args.small_model else []
-    report = probe(settings, timeout=3.0, also=also, contexts=True)
+    report = _probe(settings, also)
     interactive = not args.headless and sys.stdin.isatty() and sys.stderr.isatty()
     if report.reachable and "default_model" not in settings.configured and interactive:
         chosen = _choose_model(report)
         if chosen is None:
             return None
         settings = _with_model(settings, chosen)
-        report = probe(settings, timeout=3.0, also=also, contexts=True)
+        report = _probe(settings, also)
     if _preflight_failed(report) and not args.skip_checks:
         _say("fix the above and run `ccop claude` again (`ccop doctor` shows every check; --skip-checks starts anyway)")
         return None
     return settings, report
+
+
+def _probe(settings: Settings, also: list[tuple[str, str]]) -> Report:
+    """The doctor's checks of the Ollama to go by: with several, the first that passes them."""
+    return best_report(probe_hosts(settings, timeout=3.0, also=also, contexts=True))
 
 
 def _ensure_proxy(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str] | None:
@@ -268,7 +275,7 @@ def _claude_arguments(args: LaunchArgs) -> list[str]:
 def launch(settings: Settings, args: LaunchArgs) -> int:
     """Check, start or reuse the proxy, run `claude`; returns Claude Code's exit code (1/127 when it did not run)."""
     if args.print_env:
-        report = probe(settings, timeout=3.0)
+        report = best_report(probe_hosts(settings, timeout=3.0))
         environment = claude_environment(settings, _window(settings, report), args.small_model)
         for name, value in environment.items():
             print(f"export {name}={shlex.quote(value)}")

@@ -31,9 +31,11 @@ __all__ = [
     "Settings",
     "config_document",
     "default_config_document",
+    "model_key",
     "normalize_ollama_url",
     "parse_model_map_entry",
     "redacted_url",
+    "without_credentials",
 ]
 
 CONFIG_FILE_NAME = "proxy.config.json"
@@ -53,6 +55,10 @@ OLLAMA_PORT = 11434
 LEGACY_KEYS = {"version": "1"}
 
 TokenCounting = Literal["heuristic", "calibrated"]
+# Claude Code's request classes (x-claude-code-request-class) that may be served by another, already loaded model.
+REQUEST_CLASSES = ("main", "subagent", "workflow", "compaction", "auxiliary")
+# Go's time.ParseDuration syntax, which Ollama reads keep_alive with ("30m", "1h30m", "-1s"), or a number of seconds.
+_DURATION = re.compile(r"^-?(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$|^-?\d+(?:\.\d+)?$")
 
 
 class ConfigError(ValueError):
@@ -65,7 +71,8 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 3000
-    ollama_url: str = "http://localhost:11434"
+    # Every Ollama the proxy spreads requests over, in the order given; the first is the primary.
+    ollama_urls: tuple[str, ...] = ("http://localhost:11434",)
     default_model: str = "llama3.1"
     model_map: Mapping[str, str] = field(default_factory=dict)
     strict_thinking: bool = False
@@ -95,27 +102,63 @@ class Settings:
     ollama_api_key: str | None = None
     # Seconds a client connection may send nothing (before a request, or in the middle of one) before it is closed.
     connection_timeout: float = 30.0
+    # Requests one Ollama runs at once per model: Ollama's OLLAMA_NUM_PARALLEL, which is 1 by default.
+    slots: int = 1
+    # Per-model overrides of `slots` ({"qwen3:8b": 2}), and per host and model ({"http://gpu2:11434": {"qwen3:8b": 4}}).
+    model_slots: Mapping[str, int | Mapping[str, int]] = field(default_factory=dict)
+    # Requests waiting in the proxy for a slot beyond which it answers 529 (overloaded).
+    max_queue: int = 64
+    # Seconds a request may wait for a slot before it is answered 529.
+    max_queue_wait: float = 300.0
+    # Request classes that may be served by an already loaded model instead of forcing Ollama to reload.
+    substitute_classes: tuple[str, ...] = ("auxiliary",)
+    # Load the configured models at start and keep them loaded.
+    preload: bool = False
+    # Sent to Ollama as keep_alive with every chat request when set ("30m", "-1" = forever).
+    keep_alive: str | None = None
     # Where the settings came from, for the banner and error messages; not a setting itself.
     config_path: str | None = None
     # The settings some layer gave (flag, environment or file), as opposed to defaults: `ccop claude` offers a
     # choice of model only when none was configured.
     configured: tuple[str, ...] = ()
 
+    @property
+    def ollama_url(self) -> str:
+        """The primary Ollama: the one single-host code (and every message about "the" Ollama) uses."""
+        return self.ollama_urls[0]
+
+    def slots_for(self, host_url: str, model: str) -> int:
+        """Requests `model` may run at once on the Ollama at `host_url`: host+model > model > `slots`."""
+        wanted = model_key(model)
+        per_host = self.model_slots.get(without_credentials(host_url))
+        for table in (per_host if isinstance(per_host, Mapping) else {}, self.model_slots):
+            for name, value in table.items():
+                if isinstance(value, int) and model_key(name) == wanted:
+                    return value
+        return self.slots
+
+    @property
+    def keep_alive_value(self) -> str | float | None:
+        """`keep_alive` as Ollama's JSON takes it: a bare number is seconds (a string "-1" would not parse there)."""
+        if self.keep_alive is None or not re.fullmatch(r"-?\d+(?:\.\d+)?", self.keep_alive):
+            return self.keep_alive
+        return float(self.keep_alive)
+
     def to_json(self) -> bytes:
         data = dataclasses.asdict(self)
         data["model_map"] = dict(self.model_map)
         data["model_num_ctx"] = dict(self.model_num_ctx)
-        data["cors_origins"] = list(self.cors_origins)
-        data["allowed_hosts"] = list(self.allowed_hosts)
-        data["configured"] = list(self.configured)
+        data["model_slots"] = {k: v if isinstance(v, int) else dict(v) for k, v in self.model_slots.items()}
+        for name in _TUPLE_FIELDS:
+            data[name] = list(getattr(self, name))
         return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Settings:
         data = orjson.loads(raw)
-        data["cors_origins"] = tuple(data.get("cors_origins", ()))
-        data["allowed_hosts"] = tuple(data.get("allowed_hosts", ()))
-        data["configured"] = tuple(data.get("configured", ()))
+        for name in _TUPLE_FIELDS:
+            if name in data:
+                data[name] = tuple(data[name])
         return cls(**data)
 
     @classmethod
@@ -163,21 +206,44 @@ class Settings:
             given = [value for value in layers if value is not None]
             if not given:
                 continue
-            if option.kind in {"map", "int_map"}:
+            if option.kind in {"map", "int_map", "slot_map"}:
                 # Maps merge: each higher layer adds entries and overrides the same names below it.
-                merged: dict[str, Any] = {}
-                for layer in reversed(given):
-                    merged.update(layer)
-                values[option.name] = merged
+                values[option.name] = _merge_maps(reversed(given))
             else:
                 values[option.name] = given[0]
+        _check_slot_hosts(values.get("model_slots", {}), values.get("ollama_urls", DEFAULTS.ollama_urls))
         return cls(config_path=used_path, configured=tuple(values), **values)
 
 
+# Settings held as tuples, which JSON carries as lists.
+_TUPLE_FIELDS = ("ollama_urls", "cors_origins", "allowed_hosts", "substitute_classes", "configured")
+
+
+def _merge_maps(layers: Any) -> dict[str, Any]:
+    """Lower layers first; a host's own table (in model_slots) merges entry by entry too."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            below = merged.get(key)
+            merged[key] = {**below, **value} if isinstance(value, dict) and isinstance(below, dict) else value
+    return merged
+
+
+def _check_slot_hosts(model_slots: Mapping[str, Any], ollama_urls: tuple[str, ...]) -> None:
+    """A host's table in model_slots must name one of the configured Ollamas, or it would silently never apply."""
+    hosts = {without_credentials(url) for url in ollama_urls}
+    for key, value in model_slots.items():
+        if isinstance(value, Mapping) and key not in hosts:
+            known = ", ".join(redacted_url(url) for url in ollama_urls)
+            raise ConfigError(f"model slots for {redacted_url(key)}: not one of the Ollama URLs ({known})")
+
+
 def _flag_value(option: Option, value: Any) -> Any:
-    """A flag's value, already typed by the parser; an address is still read the way the other layers read it."""
-    if value is not None and option.kind == "url":
-        return normalize_ollama_url(value, option.long_flag)
+    """A flag's value, already typed by the parser; addresses are still read the way the other layers read them."""
+    if value is not None and option.repeatable:
+        # Collected from repeated flags (or given by the launcher): checked as the file's value is, duplicates too.
+        items = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else value
+        return option.check(items, option.long_flag)
     return value
 
 
@@ -191,7 +257,9 @@ class Option:
     name: str
     config_key: str
     env: str  # every setting has an environment variable
-    kind: str  # "str" | "int" | "bool" | "url" | "port" | "map" | "int_map" | "choice" | "float" | "list"
+    # "str" | "int" | "bool" | "port" | "choice" | "float" | "duration", or repeatable: "url_list" | "map" | "int_map"
+    # | "slot_map" | "list" | "choice_list"
+    kind: str
     # The flag's help: what the setting does. The CLI adds the environment variable and the default from this row.
     help: str
     choices: tuple[str, ...] = ()
@@ -212,7 +280,19 @@ class Option:
     @property
     def repeatable(self) -> bool:
         """Given on the command line one entry (`NAME=VALUE`) or one item per flag, and merged or collected."""
-        return self.kind in {"map", "int_map", "list"}
+        return self.kind in {"map", "int_map", "slot_map", "list", "choice_list", "url_list"}
+
+    def collect(self, entries: Any) -> Any:
+        """A repeatable setting's entries (from the flags or one environment variable) as one layer's value."""
+        if self.kind in {"map", "int_map"}:
+            return dict(entries)
+        if self.kind == "slot_map":
+            table: dict[str, Any] = {}
+            for key, value in entries:
+                below = table.get(key)
+                table[key] = {**below, **value} if isinstance(value, dict) and isinstance(below, dict) else value
+            return table
+        return list(entries)
 
     def parse(self, raw: str, where: str) -> Any:
         """Parse a string from the environment."""
@@ -237,7 +317,7 @@ class Option:
             return self.check(value, where)
         if self.repeatable:
             entries = [self.parse_entry(part, where) for part in re.split(r"[,\s]+", raw) if part]
-            return self.check(dict(entries) if self.kind != "list" else entries, where)
+            return self.check(self.collect(entries), where)
         return self.check(raw, where)
 
     def parse_entry(self, raw: str, where: str) -> Any:
@@ -249,6 +329,10 @@ class Option:
             if not sep or not model or not value.isdigit():
                 raise ConfigError(f"{where}: expected MODEL=TOKENS, got {raw!r}")
             return model, int(value)
+        if self.kind == "slot_map":
+            return _slot_entry(raw, where)
+        if self.kind == "url_list":
+            return normalize_ollama_url(raw, where)
         if not raw:
             raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
         return raw
@@ -286,6 +370,12 @@ class Option:
         return value
 
     def _check_collection(self, value: Any, where: str) -> Any:
+        if self.kind == "url_list":
+            return _unique_urls([value] if isinstance(value, str) else value, where)
+        if self.kind == "slot_map":
+            return _check_slot_map(value, where)
+        if self.kind == "choice_list":
+            return self._check_choices(value, where)
         if self.kind == "list":
             if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
                 raise ConfigError(f"{where}: expected a list of non-empty strings, got {value!r}")
@@ -303,12 +393,20 @@ class Option:
             raise ConfigError(f"{where}: expected an object of model names to whole numbers >= 0, got {value!r}")
         return dict(value)
 
+    def _check_choices(self, value: Any, where: str) -> tuple[str, ...]:
+        items = list(value) if isinstance(value, (list, tuple)) else None
+        if items == ["none"]:
+            return ()  # the way to say "none" where an empty list cannot be written (a flag, the environment)
+        if items is None or not all(isinstance(item, str) and item in self.choices for item in items):
+            raise ConfigError(f"{where}: expected a list of {', '.join(self.choices)} (or none), got {value!r}")
+        return tuple(dict.fromkeys(items))
+
     def _check_text(self, value: Any, where: str) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
         value = value.strip()
-        if self.kind == "url":
-            return normalize_ollama_url(value, where)
+        if self.kind == "duration" and not _DURATION.match(value):
+            raise ConfigError(f"{where}: expected a duration such as 30m, 1h or -1 (forever), got {value!r}")
         if self.kind == "choice" and value not in self.choices:
             raise ConfigError(f"{where}: expected one of {', '.join(self.choices)}, got {value!r}")
         return value
@@ -324,15 +422,17 @@ OPTIONS: tuple[Option, ...] = (
         "address to bind: an IP, or a name such as localhost; keep 127.0.0.1 unless other machines must reach it",
     ),
     Option(
-        "ollama_url",
+        "ollama_urls",
         "ollamaUrl",
         "OLLAMA_URL",
-        "url",
+        "url_list",
         "Ollama's address; http:// and port 11434 are assumed when left out; user:password@ in it is sent as "
-        "Basic authentication",
+        "Basic authentication; give it once per Ollama to spread requests over several",
         short="-u",
         metavar="URL",
+        flag="--ollama-url",
         fallback_env=OLLAMA_HOST_ENV,
+        default_text="http://localhost:11434",
     ),
     Option(
         "default_model",
@@ -493,6 +593,69 @@ OPTIONS: tuple[Option, ...] = (
         "close a client connection that sends nothing, or stalls mid-request, for this long",
         metavar="SECONDS",
     ),
+    Option(
+        "slots",
+        "slots",
+        "CCOP_SLOTS",
+        "int",
+        "requests one Ollama runs at once for one model; set it to the server's OLLAMA_NUM_PARALLEL",
+        minimum=1,
+        metavar="N",
+    ),
+    Option(
+        "model_slots",
+        "modelSlots",
+        "CCOP_MODEL_SLOTS",
+        "slot_map",
+        "slots for one model (MODEL=N), or for one model on one Ollama (MODEL@URL=N); wins over --slots",
+        metavar="MODEL=N",
+        flag="--model-slots",
+    ),
+    Option(
+        "max_queue",
+        "maxQueue",
+        "CCOP_MAX_QUEUE",
+        "int",
+        "requests that may wait for a slot in the proxy; one more is answered 529 (overloaded)",
+        minimum=1,
+        metavar="N",
+    ),
+    Option(
+        "max_queue_wait",
+        "maxQueueWait",
+        "CCOP_MAX_QUEUE_WAIT",
+        "float",
+        "answer 529 to a request that waited this long for a slot",
+        metavar="SECONDS",
+    ),
+    Option(
+        "substitute_classes",
+        "substituteClasses",
+        "CCOP_SUBSTITUTE_CLASSES",
+        "choice_list",
+        "request classes an already loaded model may serve instead of reloading Ollama for the mapped one; "
+        "none turns it off",
+        REQUEST_CLASSES,
+        metavar="CLASS",
+        flag="--substitute-class",
+        default_text="auxiliary",
+    ),
+    Option(
+        "preload",
+        "preload",
+        "CCOP_PRELOAD",
+        "bool",
+        "load the configured models into Ollama at start and keep them loaded",
+    ),
+    Option(
+        "keep_alive",
+        "keepAlive",
+        "CCOP_KEEP_ALIVE",
+        "duration",
+        "how long Ollama keeps a model loaded after a request (30m, 2h; -1: forever), sent with every request; "
+        "unset: Ollama's OLLAMA_KEEP_ALIVE",
+        metavar="DURATION",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 CONFIG_KEYS = {option.config_key: option for option in OPTIONS}
@@ -540,6 +703,59 @@ def redacted_url(url: str) -> str:
     return f"{scheme}{separator}{user}:********@{hostport}{slash}{path}"
 
 
+def without_credentials(url: str) -> str:
+    """The URL without `user:password@`: how a host is named where a password has no business (slot tables)."""
+    scheme, separator, rest = url.partition("://")
+    return f"{scheme}{separator}{rest.partition('@')[2] if '@' in rest.split('/', 1)[0] else rest}"
+
+
+def model_key(name: str) -> str:
+    """A model name as Ollama compares names: case aside, and `:latest` when no tag is given."""
+    lowered = name.strip().lower()
+    return lowered if ":" in lowered.rsplit("/", 1)[-1] else f"{lowered}:latest"
+
+
+def _unique_urls(urls: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(urls, (list, tuple)) or not urls or not all(isinstance(url, str) for url in urls):
+        raise ConfigError(f"{where}: expected an Ollama address or a list of them, got {urls!r}")
+    normalized = [normalize_ollama_url(url, where) for url in urls]
+    for index, url in enumerate(normalized):
+        if url in normalized[:index]:
+            raise ConfigError(f"{where}: {redacted_url(url)} is given twice; each Ollama is listed once")
+    return tuple(normalized)
+
+
+def _slot_entry(raw: str, where: str) -> tuple[str, Any]:
+    """`MODEL=N`, or `MODEL@URL=N` for one Ollama (model names cannot hold `@`; a URL's credentials can)."""
+    target, sep, value = raw.rpartition("=")
+    model, at, url = target.partition("@")
+    if not sep or not model or (at and not url) or not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{where}: expected MODEL=N or MODEL@URL=N with N at least 1, got {raw!r}")
+    if at:
+        return without_credentials(normalize_ollama_url(url, where)), {model: int(value)}
+    return model, int(value)
+
+
+def _slot_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_slot_map(value: Any, where: str) -> dict[str, Any]:
+    """{"model": N, "http://host:port": {"model": N}}: a host's key is read like --ollama-url, so forms agree."""
+    expected = f'{where}: expected an object such as {{"qwen3:8b": 2, "http://gpu2:11434": {{"qwen3:8b": 4}}}}'
+    if not isinstance(value, dict):
+        raise ConfigError(f"{expected}, got {value!r}")
+    table: dict[str, Any] = {}
+    for key, count in value.items():
+        if isinstance(count, dict) and all(isinstance(k, str) and k and _slot_count(v) for k, v in count.items()):
+            table[without_credentials(normalize_ollama_url(key, where))] = dict(count)
+        elif isinstance(key, str) and key and _slot_count(count):
+            table[key] = count
+        else:
+            raise ConfigError(f"{expected}, got {key!r}: {count!r}")
+    return table
+
+
 def parse_model_map_entry(entry: str, where: str = "--model-map") -> tuple[str, str]:
     """Split `CLAUDE=OLLAMA`; both sides must be non-empty."""
     claude, sep, ollama = entry.partition("=")
@@ -575,7 +791,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
 def config_document(settings: Settings) -> dict[str, Any]:
     """Every setting under its config-file key, as JSON values: what `--print-config` shows."""
     data = orjson.loads(settings.to_json())
-    return {option.config_key: data[option.name] for option in OPTIONS}
+    document = {option.config_key: data[option.name] for option in OPTIONS}
+    if len(settings.ollama_urls) == 1:
+        document["ollamaUrl"] = settings.ollama_url  # one Ollama reads (and is written) as the plain string it was
+    return document
 
 
 def default_config_document(given: Mapping[str, Any] | None = None) -> bytes:
