@@ -202,13 +202,17 @@ class BackgroundServer:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            self._server = loop.run_until_complete(asyncio.start_server(self._serve, self.host, self.requested_port))
+            # SO_REUSEADDR: a restart rebinds the port at once, though the last run's connections are in TIME_WAIT.
+            serving = asyncio.start_server(self._serve, self.host, self.requested_port, reuse_address=True)
+            self._server = loop.run_until_complete(serving)
         except BaseException as exc:  # handed to start(), which re-raises it in the test thread
             failure.append(exc)
             loop.close()
             ready.set()
             return
         self.port = self._server.sockets[0].getsockname()[1]
+        # Once bound, the port sticks: stop() then start() is the same host going down and coming back.
+        self.requested_port = self.port
         self.loop = loop
         ready.set()
         try:
