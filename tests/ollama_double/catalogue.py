@@ -189,6 +189,11 @@ def _details(spec: ModelSpec, *, with_context: bool) -> Json:
     return details
 
 
+def model_details(spec: ModelSpec) -> Json:
+    """``details`` as ``/api/show`` and ``/api/ps`` give it (without the context, which only ``/api/tags`` adds)."""
+    return _details(spec, with_context=False)
+
+
 def _parameter_count(parameter_size: str) -> int:
     match = re.match(r"^([\d.]+)([BM])$", parameter_size)
     if not match:

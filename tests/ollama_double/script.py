@@ -130,20 +130,26 @@ class RecordedRequest:
 
 @dataclass
 class ChatStream:
-    """What happened to the response of one ``/api/chat`` call that reached generation.
+    """What happened to the response of one ``/api/chat`` call that passed validation and will generate.
 
-    ``phase`` tells where the double was when the client went away: ``first_byte_delay``, ``streaming`` (writing or
-    pausing between lines), ``hold`` (waiting for ``hold_until``) or ``hang``. ``chunks_sent`` counts the body
-    writes that went out (one per NDJSON line, or one per piece with ``split_every``). Times are ``time.monotonic()``.
+    ``phase`` tells where the double was (when the client went away, where it left): ``queued`` (waiting for the
+    scheduler or a slot), ``loading`` (waiting for its model to load), ``first_byte_delay``, ``streaming`` (writing
+    or pausing between lines), ``hold`` (waiting for ``hold_until``) or ``hang``. ``chunks_sent`` counts the body
+    writes that went out (one per NDJSON line, or one per piece with ``split_every``). Times are
+    ``time.monotonic()``: ``received_at`` when the request arrived, ``started_at`` when it got its slot (``None``
+    while it waits), so their order shows the scheduler's order. ``headers`` and ``request`` are the request's.
     """
 
     request_index: int
     model: str
     stream: bool
-    started_at: float
+    received_at: float
+    started_at: float | None = None
     finished_at: float | None = None
     completed: bool = False
     client_disconnected: bool = False
     disconnected_at: float | None = None
     phase: str = "first_byte_delay"
     chunks_sent: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    request: Json = field(default_factory=dict)

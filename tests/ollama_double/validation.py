@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,12 @@ from .grammar import check_format
 Json = dict[str, Any]
 
 THINK_LEVELS = ("high", "medium", "low", "max")
+# Go's time.ParseDuration: a signed sequence of decimal numbers with units, or a bare "0".
+_DURATION = re.compile(r"[-+]?(?:0|(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+# api.Duration maps any negative keep_alive to math.MaxInt64 nanoseconds ("forever").
+FOREVER_NS = 2**63 - 1
 _MESSAGE_STRINGS = ("role", "content", "thinking", "tool_name", "tool_call_id")
 _REQUEST_BOOLS = ("stream", "truncate", "shift", "logprobs")
 # Types of the options Ollama knows [src api.Options]; FromMap checks them when the runner is scheduled.
@@ -217,3 +224,19 @@ def check_prompt(data: Json, tokens: int, num_ctx: int) -> None:
     problem = check_format(data.get("format"))
     if problem is not None:
         raise ChatError(500, problem)
+
+
+def keep_alive_ns(value: Any, default_ns: int) -> int:
+    """``api.Duration``: seconds as a number or a Go duration string; negative is forever, absent the default."""
+    if value is None:
+        return default_ns
+    if isinstance(value, (int, float)):
+        ns = int(value * 1e9)
+    elif _DURATION.fullmatch(value):
+        ns = sum(int(float(number) * _UNIT_NS[unit]) for number, unit in _DURATION_PART.findall(value))
+        ns = -ns if value.startswith("-") else ns
+    elif re.fullmatch(r"[-+]?[\d.]+", value):
+        raise ChatError(400, f"time: missing unit in duration {json.dumps(value)}")
+    else:
+        raise ChatError(400, f"time: invalid duration {json.dumps(value)}")
+    return FOREVER_NS if ns < 0 else ns
