@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from ollama_double import (
     estimate_prompt_tokens,
     make_tool_call,
 )
+from ollama_double.validation import keep_alive_ns
 
 RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 FINAL_KEYS = [
@@ -683,7 +685,8 @@ def test_completed_stream_is_not_a_disconnect(ollama: OllamaDouble, client: http
     stream_lines(client, chat_body())
     (record,) = ollama.chat_streams
     assert record.completed and not record.client_disconnected
-    assert record.finished_at is not None and record.finished_at >= record.started_at
+    assert record.started_at is not None and record.finished_at is not None
+    assert record.finished_at >= record.started_at >= record.received_at
 
 
 def test_active_streams_with_held_replies(ollama: OllamaDouble) -> None:
@@ -749,3 +752,271 @@ def test_parallel_slots_queue_requests() -> None:
         assert double.max_active_streams == 1
         assert [record.completed for record in double.chat_streams] == [True, True]
         assert double.internal_errors == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scheduler: FIFO slots, load time, eviction, keep_alive, /api/ps
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def tagged_body(tag: str, model: str = "qwen3:8b", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": tag}], **extra}
+
+
+def post_in_thread(url: str, body: dict[str, Any], results: dict[str, httpx.Response]) -> threading.Thread:
+    """POST ``body`` from another thread; the response lands in ``results`` under the first message's text."""
+
+    def run() -> None:
+        with httpx.Client(base_url=url, timeout=10.0) as http_client:
+            results[body["messages"][0]["content"]] = http_client.post("/api/chat", json=body)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def raw_chat_request(body: dict[str, Any]) -> bytes:
+    payload = json.dumps(body).encode()
+    return b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+
+
+def test_waiters_get_the_slot_in_arrival_order() -> None:
+    release = threading.Event()
+    results: dict[str, httpx.Response] = {}
+    with OllamaDouble(num_parallel=1) as double:
+        double.enqueue(Reply(content="first", hold_until=release))
+        threads = [post_in_thread(double.url, tagged_body("holder"), results)]
+        assert double.wait_for_active_streams(1)
+        for position, tag in enumerate(["w1", "w2", "w3"], start=1):
+            threads.append(post_in_thread(double.url, tagged_body(tag), results))
+            assert double.wait_for_queued(position)  # arrived and waiting, so the next one is behind it
+        assert double.active_streams == 1
+        release.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert all(response.status_code == 200 for response in results.values())
+        records = double.chat_streams
+        started = sorted(records, key=lambda r: r.started_at or 0.0)
+        assert [r.request["messages"][0]["content"] for r in started] == ["holder", "w1", "w2", "w3"]
+        assert all(r.headers["content-type"] == "application/json" for r in records)
+        assert double.max_active_streams_per_model() == {"qwen3:8b": 1}
+        assert double.max_active_streams == 1
+        assert double.internal_errors == []
+
+
+def test_slots_are_per_model() -> None:
+    release = threading.Event()
+    results: dict[str, httpx.Response] = {}
+    with OllamaDouble(num_parallel=1) as double:
+        double.enqueue(*(Reply(content="held", hold_until=release) for _ in range(2)))
+        threads = [post_in_thread(double.url, tagged_body(m, model=m), results) for m in ("qwen3:8b", "gemma2")]
+        assert double.wait_for_active_streams(2)  # one slot each
+        release.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert double.max_active_streams_per_model() == {"qwen3:8b": 1, "gemma2:latest": 1}
+
+
+def test_a_waiter_that_leaves_frees_its_place() -> None:
+    release = threading.Event()
+    results: dict[str, httpx.Response] = {}
+    with OllamaDouble(num_parallel=1) as double:
+        double.enqueue(Reply(content="first", hold_until=release))
+        holder = post_in_thread(double.url, tagged_body("holder"), results)
+        assert double.wait_for_active_streams(1)
+        with socket.create_connection(("127.0.0.1", double.port), timeout=10) as sock:
+            sock.sendall(raw_chat_request(tagged_body("leaver")))
+            assert double.wait_for_queued(1)
+            stayer = post_in_thread(double.url, tagged_body("stayer"), results)
+            assert double.wait_for_queued(2)
+        assert double.wait_for_disconnect()
+        assert double.queued_requests() == 1
+        release.set()
+        holder.join(timeout=10)
+        stayer.join(timeout=10)
+        assert results["stayer"].status_code == 200
+        leaver = next(r for r in double.chat_streams if r.request["messages"][0]["content"] == "leaver")
+        assert (leaver.started_at, leaver.phase, leaver.client_disconnected) == (None, "queued", True)
+        assert double.max_active_streams == 1
+        assert double.internal_errors == []
+
+
+def test_load_time_delays_the_head_once() -> None:
+    with (
+        OllamaDouble(load_seconds=0.2) as double,
+        httpx.Client(base_url=double.url, timeout=10.0) as http_client,
+    ):
+        _, lines = stream_lines(http_client, chat_body())
+        first = double.chat_streams[0]
+        # The slot, and so the response head, came only after the load.
+        assert first.started_at is not None and first.started_at - first.received_at >= 0.2
+        assert lines[-1]["load_duration"] == 200_000_000
+        _, again = stream_lines(http_client, chat_body())
+        assert again[-1]["load_duration"] == 21_000_000  # warm: no second load
+        assert double.model_loads == [("qwen3:8b", 4096)]
+        _, reloaded = stream_lines(http_client, chat_body(options={"num_ctx": 8192}))
+        assert reloaded[-1]["load_duration"] == 200_000_000
+        assert double.model_loads == [("qwen3:8b", 4096), ("qwen3:8b", 8192)]
+
+
+def test_a_client_can_leave_during_the_load() -> None:
+    with OllamaDouble(load_seconds=30.0) as double:
+        with socket.create_connection(("127.0.0.1", double.port), timeout=10) as sock:
+            sock.sendall(raw_chat_request(chat_body()))
+            assert double.wait_for_queued(1)
+            assert [r.phase for r in double.chat_streams] == ["loading"]
+        assert double.wait_for_disconnect()
+        assert double.queued_requests() == 0
+        assert double.loaded_models == {"qwen3:8b": 4096}  # the load itself goes on
+
+
+def test_preloaded_model_needs_no_load() -> None:
+    with (
+        OllamaDouble(load_seconds=30.0) as double,
+        httpx.Client(base_url=double.url, timeout=10.0) as http_client,
+    ):
+        double.load("qwen3:8b", num_ctx=8192)
+        _, lines = stream_lines(http_client, chat_body(options={"num_ctx": 8192}))
+        assert lines[-1]["load_duration"] == 21_000_000
+        assert double.model_loads == [("qwen3:8b", 8192)]
+
+
+def test_eviction_with_max_loaded_models(ollama: OllamaDouble, client: httpx.Client) -> None:
+    ollama.max_loaded_models = 1
+    stream_lines(client, chat_body("qwen3:8b"))
+    stream_lines(client, chat_body("gemma2"))
+    assert ollama.loaded_models == {"gemma2:latest": 4096}
+    assert [name for name, _ in ollama.model_loads] == ["qwen3:8b", "gemma2:latest"]
+
+
+def test_eviction_waits_for_the_busy_model(ollama: OllamaDouble) -> None:
+    ollama.max_loaded_models = 1
+    release = threading.Event()
+    results: dict[str, httpx.Response] = {}
+    ollama.enqueue(Reply(content="busy", hold_until=release))
+    busy = post_in_thread(ollama.url, tagged_body("busy"), results)
+    assert ollama.wait_for_active_streams(1)
+    waiting = post_in_thread(ollama.url, tagged_body("other", model="gemma2"), results)
+    assert ollama.wait_for_queued(1)
+    assert ollama.loaded_models == {"qwen3:8b": 4096}  # not evicted while streaming
+    release.set()
+    busy.join(timeout=10)
+    waiting.join(timeout=10)
+    assert results["other"].status_code == 200
+    assert ollama.loaded_models == {"gemma2:latest": 4096}
+
+
+def test_api_ps_shape(ollama: OllamaDouble, client: httpx.Client) -> None:
+    assert client.get("/api/ps").json() == {"models": []}
+    assert client.post("/api/ps").status_code == 405
+    ollama.load("qwen3-coder:30b", num_ctx=65536, keep_alive=-1)
+    ollama.load("qwen3:8b", num_ctx=8192)
+    response = client.get("/api/ps")
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    coder, qwen = response.json()["models"]  # the longest time left first: "forever" before 5 minutes
+    assert list(qwen) == [
+        "name",
+        "model",
+        "size",
+        "digest",
+        "details",
+        "expires_at",
+        "size_vram",
+        "context_length",
+    ]
+    assert (qwen["name"], qwen["model"], qwen["context_length"]) == ("qwen3:8b", "qwen3:8b", 8192)
+    assert list(qwen["details"]) == [
+        "parent_model",
+        "format",
+        "family",
+        "families",
+        "parameter_size",
+        "quantization_level",
+    ]
+    tags = {m["name"]: m for m in client.get("/api/tags").json()["models"]}
+    assert qwen["digest"] == tags["qwen3:8b"]["digest"]
+    assert qwen["size"] == qwen["size_vram"] > tags["qwen3:8b"]["size"]  # weights plus the KV cache
+    assert RFC3339_NANO.match(qwen["expires_at"]) and RFC3339_NANO.match(coder["expires_at"])
+    assert coder["expires_at"] > "2200" and qwen["expires_at"] < "2200"
+    assert coder["context_length"] == 65536
+
+
+def test_keep_alive_load_and_unload(ollama: OllamaDouble, client: httpx.Client) -> None:
+    loaded = client.post("/api/chat", json={"model": "qwen3:8b", "messages": [], "keep_alive": "10m"}).json()
+    assert loaded["done_reason"] == "load"
+    assert ollama.loaded_models == {"qwen3:8b": 4096}
+    unloaded = client.post("/api/chat", json={"model": "qwen3:8b", "messages": [], "keep_alive": 0})
+    assert unloaded.status_code == 200
+    assert list(unloaded.json()) == ["model", "created_at", "message", "done", "done_reason"]
+    assert unloaded.json()["done_reason"] == "unload"
+    assert ollama.loaded_models == {}
+    # keep_alive 0 on a chat unloads the model once the response is done.
+    stream_lines(client, chat_body(keep_alive=0))
+    assert ollama.loaded_models == {}
+    assert ollama.model_loads == [("qwen3:8b", 4096), ("qwen3:8b", 4096)]
+    assert ollama.keep_alives() == ["10m", 0, 0]
+
+
+def test_keep_alive_expiry_and_unload_helper(ollama: OllamaDouble, client: httpx.Client) -> None:
+    stream_lines(client, chat_body(keep_alive="50ms"))
+    for _ in range(200):  # expiry is observed lazily: poll it, bounded
+        if not ollama.loaded_models:
+            break
+        time.sleep(0.025)
+    assert ollama.loaded_models == {}
+    ollama.load("gemma2")
+    ollama.unload("gemma2")
+    assert ollama.loaded_models == {}
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "error"),
+    [
+        ("300", 'time: missing unit in duration "300"'),
+        ("5 minutes", 'time: invalid duration "5 minutes"'),
+        (True, "invalid request: keep_alive must be a number of seconds or a duration"),
+    ],
+)
+def test_keep_alive_errors(client: httpx.Client, keep_alive: Any, error: str) -> None:
+    response = client.post("/api/chat", json=chat_body(keep_alive=keep_alive))
+    assert (response.status_code, response.json()) == (400, {"error": error})
+
+
+@pytest.mark.parametrize(
+    ("value", "ns"),
+    [
+        (None, 7),
+        (1.5, 1_500_000_000),
+        ("1h30m", 5_400_000_000_000),
+        ("250ms", 250_000_000),
+        ("0", 0),
+        ("-1m", 2**63 - 1),
+        (-1, 2**63 - 1),
+    ],
+)
+def test_keep_alive_durations(value: Any, ns: int) -> None:
+    assert keep_alive_ns(value, 7) == ns
+
+
+def test_stop_and_start_on_the_same_port() -> None:
+    with OllamaDouble() as double:
+        url = double.url
+        double.load("qwen3:8b")
+        double.stop()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/", timeout=5.0)
+        double.start()
+        assert double.url == url
+        assert httpx.get(url + "/", timeout=5.0).text == "Ollama is running"
+        assert double.loaded_models == {}  # a restarted server has nothing loaded
+
+
+def test_fail_with_answers_every_request(ollama: OllamaDouble, client: httpx.Client) -> None:
+    ollama.fail_with(500)
+    chat = client.post("/api/chat", json=chat_body())
+    assert (chat.status_code, chat.json()) == (500, {"error": "internal server error"})
+    ollama.fail_with(503, "server busy, please try again.  maximum pending requests exceeded")
+    assert client.get("/api/tags").status_code == 503
+    assert ollama.chat_streams == [] and len(ollama.requests) == 2
+    ollama.fail_with(None)
+    assert client.post("/api/chat", json=chat_body()).status_code == 200
