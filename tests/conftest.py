@@ -155,6 +155,10 @@ def proxy(ollama: OllamaDouble, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "claude-haiku-5-5=qwen3:8b",
         "-m",
         "thinker=qwen3:8b",
+        # The double runs any number of requests at once, and so may this proxy: the scheduler's limits and order
+        # are tested with proxies of their own (test_scheduling.py).
+        "--slots",
+        "256",
     )
     yield process
     process.stop()

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from ccop.errors import Overloaded, ProxyError
 from ccop.scheduler import Admission, Grant, Scheduler, class_rank
-from ccop.scheduler_service import RemoteScheduler, SchedulerProcess, SlotLimits, start_scheduler_process
+from ccop.scheduler_service import RemoteScheduler, SchedulerProcess, start_scheduler_process
+from ccop.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -282,7 +283,7 @@ def test_a_waiter_for_a_full_host_or_model_blocks_nobody_else() -> None:
 
 _HOSTS = (A, B, "http://c:11434")
 _MODELS = ("m", "y")
-_LIMITS = SlotLimits.parse({"*": 2, "y": 1, A: {"m": 3}})
+_LIMITS = Settings(ollama_urls=_HOSTS, slots=2, model_slots={"y": 1, A: {"m": 3}}).slots_for
 
 _operation = st.one_of(
     st.tuples(
@@ -343,29 +344,12 @@ def _granted(tasks: list[asyncio.Task[Grant]], released: set[int]) -> Iterator[a
     return (task for task in tasks if task.done() and not task.cancelled() and id(task) not in released)
 
 
-def test_slot_limits_take_the_most_specific_entry() -> None:
-    limits = SlotLimits.parse({"*": 4, "qwen3": 2, A: {"*": 8, "llama3:70b": 1}, B + "/": 3})
-    assert limits("http://c:11434", "gemma3:4b") == 4
-    assert limits("http://c:11434", "qwen3:latest") == 2  # a name without a tag is its `:latest`
-    assert limits(A, "qwen3") == 8
-    assert limits(A + "/", "llama3:70b") == 1
-    assert limits(B, "qwen3") == 3
-    assert SlotLimits.parse(3)(A, "m") == 3
-    assert SlotLimits.parse({})(A, "m") == 1
-
-
-@pytest.mark.parametrize("spec", [0, -1, True, "2", {"m": 0}, {A: {"m": "x"}}])
-def test_slot_limits_reject_anything_but_counts_of_at_least_one(spec: Any) -> None:
-    with pytest.raises(ValueError, match="slots for"):
-        SlotLimits.parse(spec)
-
-
 # The service, in its own process, with two workers' connections.
 
 
 @pytest.fixture
 def service() -> Iterator[SchedulerProcess]:
-    started = start_scheduler_process({"*": 1}, max_queue=10, max_wait=30.0)
+    started = start_scheduler_process(Settings(slots=1, max_queue=10, max_queue_wait=30.0))
     try:
         yield started
     finally:
@@ -433,15 +417,19 @@ def test_a_cancelled_remote_acquire_gives_its_place_or_its_slot_back(service: Sc
 
 
 def test_the_services_refusals_arrive_as_overloaded() -> None:
-    service = start_scheduler_process(1, max_queue=0, max_wait=30.0)
+    service = start_scheduler_process(Settings(slots=1, max_queue=1, max_queue_wait=30.0))
     try:
 
         async def main() -> None:
             remote = RemoteScheduler(service.path)
             await remote.acquire(_ask())
+            queued = asyncio.Event()
+            waiting = asyncio.create_task(remote.acquire(_ask(), lambda position: queued.set()))
+            await asyncio.wait_for(queued.wait(), 10)  # the queue (of one) is full now
             with pytest.raises(Overloaded, match="queue is full") as refused:
                 await remote.acquire(_ask())
             assert refused.value.status == 529
+            waiting.cancel()
             await remote.aclose()
 
         _run(main)
@@ -460,7 +448,7 @@ def test_an_unreachable_service_is_a_clear_error_not_a_hang(tmp_path: Path) -> N
 
 
 def test_a_service_that_dies_fails_the_waiting_requests() -> None:
-    service = start_scheduler_process(1, max_queue=10, max_wait=30.0)
+    service = start_scheduler_process(Settings(slots=1, max_queue=10, max_queue_wait=30.0))
     try:
 
         async def main() -> None:
@@ -480,7 +468,7 @@ def test_a_service_that_dies_fails_the_waiting_requests() -> None:
 
 
 def test_the_service_exits_when_its_parents_pipe_closes() -> None:
-    service = start_scheduler_process(1, max_queue=10, max_wait=30.0)
+    service = start_scheduler_process(Settings(slots=1, max_queue=10, max_queue_wait=30.0))
     try:
         assert service.process.stdin is not None
         service.process.stdin.close()  # what the kernel does when the proxy dies, however it dies
@@ -490,11 +478,6 @@ def test_the_service_exits_when_its_parents_pipe_closes() -> None:
         if service.process.poll() is None:
             service.process.kill()
         service.stop()
-
-
-def test_a_bad_configuration_fails_before_any_process_starts() -> None:
-    with pytest.raises(ValueError, match="slots for qwen3"):
-        start_scheduler_process({"qwen3": 0}, max_queue=10, max_wait=30.0)
 
 
 def test_stop_ends_the_service_and_removes_its_directory(service: SchedulerProcess) -> None:

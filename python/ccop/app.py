@@ -8,10 +8,12 @@ across requests.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -22,6 +24,7 @@ import orjson
 from ccop import __version__
 from ccop._types import Receive, Scope, Send
 from ccop.calibration import Calibration
+from ccop.dispatch import Dispatcher
 from ccop.errors import InvalidRequest, MethodNotAllowed, ModelNotFound, NotFound, ProxyError, UpstreamError
 from ccop.hosts import HostPool, OllamaHost
 from ccop.logs import configure_logging, printable
@@ -29,6 +32,7 @@ from ccop.messages import MessagesService, RequestRecord
 from ccop.model_facts import InstalledModel, ModelCatalog
 from ccop.models_endpoint import find_entry, list_page, model_entries
 from ccop.responses import ClientDisconnected, read_body, send_bytes, send_error, send_json
+from ccop.scheduler_service import worker_scheduler
 from ccop.security import (
     check_api_key,
     check_host,
@@ -73,10 +77,9 @@ class ProxyApp:
     def _open(self) -> HostPool:
         pool = HostPool.from_settings(self.settings)
         self._hosts = pool
-        # The messages service talks to the primary host for now; the pool is there for choosing among hosts.
-        primary = pool.primary
-        self._catalog = primary.catalog
-        self._messages = MessagesService(self.settings, primary.chat, self.calibration, primary.catalog)
+        self._catalog = pool.primary.catalog
+        dispatcher = Dispatcher(pool, worker_scheduler(self.settings))
+        self._messages = MessagesService(self.settings, dispatcher, self.calibration)
         return pool
 
     async def shutdown(self) -> None:
@@ -135,7 +138,11 @@ class ProxyApp:
         request_id = "req_" + secrets.token_hex(12)
         method: str = scope["method"]
         path: str = scope["path"]
-        record = RequestRecord(request_class=_request_class(scope))
+        record = RequestRecord(
+            request_class=_request_class(scope),
+            session=_claude_code_id(scope, b"x-claude-code-session-id"),
+            agent=_claude_code_id(scope, b"x-claude-code-agent-id"),
+        )
         status = 200
         head = method == "HEAD"
         cors = cors_headers(scope, self.settings.cors_origins)
@@ -214,6 +221,10 @@ class ProxyApp:
         )
         outcome = f" ({record.outcome})" if record.outcome != "ok" else ""
         label = f" class={record.request_class}" if record.request_class != "-" else ""
+        if len(self.settings.ollama_urls) > 1 and record.host != "-":
+            label += f" host={redacted_url(record.host)}"
+        if record.waited >= 0.001:
+            label += f" queued={record.waited * 1000:.0f}ms"
         logger.info(
             "%s %s %s %d%s%s%s %.0fms%s", request_id, method, path, status, label, model, tokens, elapsed_ms, outcome
         )
@@ -256,6 +267,7 @@ async def _health(app: ProxyApp, scope: Scope, receive: Receive, send: Send, req
         "calibration": app.calibration.snapshot(),
         # How often the models' tool calls needed repair, per kind ("unchanged": arguments arrived as an object).
         "tool_calls": dict(sorted(app.messages.tool_calls.items())),
+        "queue": await _queue(app),
     }
     if not any(host["reachable"] for host in hosts):
         # Still a working proxy (requests get a clear 502), but not one that can answer them.
@@ -289,6 +301,33 @@ def _has_api_key(scope: Scope, api_key: str) -> bool:
     except ProxyError:
         return False
     return True
+
+
+async def _queue(app: ProxyApp) -> dict[str, object]:
+    """The scheduler's counts (shared by all workers with --workers N): requests running at Ollama and waiting, by
+    class. No session ids: /health is for monitors."""
+    try:
+        snapshot = app.messages.dispatcher.scheduler.snapshot()
+        if inspect.isawaitable(snapshot):
+            snapshot = await snapshot
+    except ProxyError as error:
+        return {"error": error.message}
+    waiting = Counter(entry["class"] for entry in snapshot["waiting"])
+    return {
+        "in_flight": snapshot["totals"]["in_flight"],
+        "waiting": snapshot["totals"]["waiting"],
+        "waiting_by_class": dict(sorted(waiting.items())),
+        "max_queue": snapshot["totals"]["max_queue"],
+    }
+
+
+def _claude_code_id(scope: Scope, name: bytes) -> str:
+    """A session or agent id Claude Code sent, as an opaque key: bounded, printable, or "" when absent or odd."""
+    raw = header(scope, name)
+    if not raw or len(raw) > 128:
+        return ""
+    value = unquote(raw.decode("latin-1")).strip()
+    return value if value.isprintable() else ""
 
 
 def _request_class(scope: Scope) -> str:

@@ -18,12 +18,15 @@ from ccop._core import InvalidJsonError, StreamTranslator, count_request_tokens
 from ccop._types import Receive, Send
 from ccop.calibration import Calibration
 from ccop.compaction import SUMMARY_ROOM, fit_compaction
+from ccop.dispatch import Dispatcher, Opened
 from ccop.errors import InvalidRequest, ProxyError, UpstreamError
+from ccop.hosts import HostPool
 from ccop.model_facts import ModelCatalog, ModelInfo, not_installed
 from ccop.model_names import map_model
 from ccop.output_limit import OutputLimit
 from ccop.responses import send_bytes, send_json
-from ccop.settings import Settings
+from ccop.scheduler import Admission
+from ccop.settings import Settings, model_key
 from ccop.streaming import (
     ClientGone,
     RelayOutcome,
@@ -35,7 +38,7 @@ from ccop.streaming import (
     watch_disconnect,
 )
 from ccop.translate import ChatPlan, ModelTraits, build_chat_request
-from ccop.upstream import OllamaChat, error_from_response, read_error_body
+from ccop.upstream import error_from_response, read_error_body
 from ccop.validation import parse_request_body, validate_count_tokens_request, validate_messages_request
 
 __all__ = ["MessagesService", "RequestRecord"]
@@ -63,6 +66,12 @@ class RequestRecord:
     outcome: str = "ok"
     # Claude Code's label for the request (`x-claude-code-request-class`: main, subagent, compaction, …), or "-".
     request_class: str = "-"
+    # Claude Code's session and agent ids (`x-claude-code-session-id`, `x-claude-code-agent-id`), or "".
+    session: str = ""
+    agent: str = ""
+    # The Ollama host that served the request, and how long it waited for a slot there.
+    host: str = "-"
+    waited: float = 0.0
 
 
 @dataclass
@@ -73,6 +82,7 @@ class _Prepared:
     translator: StreamTranslator
     ollama_model: str
     raw_estimate: int
+    request_id: str
 
 
 async def _count(body: bytes) -> int:
@@ -91,21 +101,30 @@ def _new_message_id() -> str:
 class MessagesService:
     """The two message endpoints of one worker, sharing its Ollama client and calibration."""
 
-    def __init__(self, settings: Settings, chat: OllamaChat, calibration: Calibration, catalog: ModelCatalog) -> None:
+    def __init__(self, settings: Settings, dispatcher: Dispatcher, calibration: Calibration) -> None:
         self.settings = settings
-        self.chat = chat
+        self.dispatcher = dispatcher
+        self.hosts: HostPool = dispatcher.hosts
         self.calibration = calibration
-        self.catalog = catalog
         # Tool calls seen by this worker, by how they had to be repaired ("unchanged": not at all), for /health.
         self.tool_calls: Counter[str] = Counter()
         # Held while a large body is parsed and prepared (see `create`).
         self._large_bodies = asyncio.Semaphore(1)
 
-    async def _choose_model(self, request: dict[str, Any]) -> tuple[str, ModelInfo]:
+    async def _catalog(self, model: str) -> ModelCatalog:
+        """What the first host that has the model knows about it (every host's copy of a model is the same model)."""
+        candidates = await self.hosts.candidates(model)
+        return (candidates[0] if candidates else self.hosts.primary).catalog
+
+    async def _choose_model(
+        self, request: dict[str, Any], record: RequestRecord, request_id: str
+    ) -> tuple[str, ModelInfo]:
         """The Ollama model that serves the request, and what it can do; unknown models fail here, before streaming."""
         requested = request["model"]
         model = map_model(requested, self.settings.model_map, self.settings.default_model)
-        info = await self.catalog.info(model, requested=requested)
+        if record.request_class in self.settings.substitute_classes:
+            model = await self._loaded_instead(model, request, record.request_class, request_id)
+        info = await (await self._catalog(model)).info(model, requested=requested)
         if info is None:
             # Ollama could not be asked; go on with what the name tells, and let `/api/chat` have the last word.
             info = ModelInfo(model, capabilities=None)
@@ -114,13 +133,39 @@ class MessagesService:
         if wants_thinking and not info.thinks and thinking_model and thinking_model != model:
             logger.info("thinking requested: %s cannot think, using %s", model, thinking_model)
             model = thinking_model
-            info = await self.catalog.info(model, requested=requested) or ModelInfo(model, capabilities=None)
+            info = await (await self._catalog(model)).info(model, requested=requested) or ModelInfo(
+                model, capabilities=None
+            )
         return model, info
+
+    async def _loaded_instead(self, model: str, request: dict[str, Any], request_class: str, request_id: str) -> str:
+        """A model already in memory instead of `model`, when `model` is not and serving it would load it (a light
+        request such as a title must not evict the model the session works with)."""
+        loaded = await self.hosts.loaded_anywhere()
+        if not loaded or model_key(model) in {model_key(name) for name in loaded}:
+            return model
+        # A model the configuration names is the likeliest to be the session's own.
+        configured = {model_key(name) for name in (self.settings.default_model, *self.settings.model_map.values())}
+        ranked = sorted(loaded, key=lambda name: model_key(name) not in configured)
+        chosen = ranked[0]
+        if request.get("tools"):
+            info = await (await self._catalog(chosen)).info(chosen)
+            if info is not None and not info.tools:
+                return model  # it could not call the tools this request offers
+        logger.info(
+            "%s %s request for %s served by %s, which is loaded: loading %s would unload it",
+            request_id,
+            request_class,
+            model,
+            chosen,
+            model,
+        )
+        return chosen
 
     async def _check_tools(self, plan: ChatPlan, info: ModelInfo) -> None:
         if "tools" not in plan.body or info.tools:
             return
-        capable = await self.catalog.with_tools()
+        capable = await (await self._catalog(info.name)).with_tools()
         hint = f" Models here that can: {', '.join(capable[:5])}." if capable else ""
         raise InvalidRequest(
             f"model {info.name!r} cannot call tools, and this request offers tools.{hint} Map the request to a "
@@ -165,7 +210,7 @@ class MessagesService:
         """Validate, map, translate and count: everything before Ollama is asked."""
         request = validate_messages_request(parse_request_body(body))
         record.model = request["model"]
-        ollama_model, info = await self._choose_model(request)
+        ollama_model, info = await self._choose_model(request, record, request_id)
         record.ollama_model = ollama_model
         num_ctx = info.num_ctx(self.settings.num_ctx, self.settings.model_num_ctx)
         traits = ModelTraits(
@@ -173,6 +218,8 @@ class MessagesService:
         )
         plan = self._plan(request, ollama_model, traits)
         await self._check_tools(plan, info)
+        if self.settings.keep_alive is not None:
+            plan.body["keep_alive"] = self.settings.keep_alive_value
         for note in plan.notes:
             logger.warning("%s %s", request_id, note)
         if logger.isEnabledFor(logging.DEBUG):
@@ -205,7 +252,7 @@ class MessagesService:
             # Only tools the model was told about: they enable schema repair and recovering calls written as text.
             tools=orjson.dumps(plan.offered_tools) if plan.offered_tools else None,
         )
-        return _Prepared(plan, translator, ollama_model, raw_estimate)
+        return _Prepared(plan, translator, ollama_model, raw_estimate, request_id)
 
     def _plan(self, request: dict[str, Any], ollama_model: str, traits: ModelTraits) -> ChatPlan:
         return build_chat_request(
@@ -310,14 +357,25 @@ class MessagesService:
         """
         plan, translator = prepared.plan, prepared.translator
         outcome = RelayOutcome()
-        opened: list[httpx.Response] = []
+        opened: list[Opened] = []
 
         async def work() -> bytes:
-            response = await self.chat.open(
-                orjson.dumps(plan.body), on_slow_headers=begin, may_retry=lambda: sse is None or not sse.started
+            admission = Admission(
+                model=plan.ollama_model,
+                hosts=(),
+                # Unlabelled requests (other clients, or Claude Code without hint headers) are someone's own turn.
+                request_class=record.request_class if record.request_class != "-" else "main",
+                session=record.session,
+                agent=record.agent,
+                request_id=prepared.request_id,
             )
-            opened.append(response)
-            await self._check_status(response, plan, record)
+            ready = await self.dispatcher.open(
+                admission, orjson.dumps(plan.body), on_slow=begin, may_retry=lambda: sse is None or not sse.started
+            )
+            opened.append(ready)
+            record.host, record.waited = ready.host.url, ready.grant.waited
+            response = ready.response
+            await self._check_status(ready, plan, record)
             if answered is not None:
                 await answered()
             write = sse.write if sse is not None else None
@@ -339,9 +397,10 @@ class MessagesService:
         finally:
             if opened:
                 # A finished answer's connection goes back to the pool; any other is closed, and Ollama notices the
-                # closed connection and stops generating.
+                # closed connection and stops generating. Then its slot is free for the next request.
                 await drain(outcome)
-                await opened[0].aclose()
+                await opened[0].response.aclose()
+                self.dispatcher.release(opened[0].grant)
         if translator.error is not None:
             record.outcome = f"upstream error: {translator.error[1]}"
         elif translator.stopped:
@@ -350,10 +409,12 @@ class MessagesService:
             record.outcome = f"Ollama went on past max_tokens ({plan.max_tokens}); the proxy ended the answer"
         return tail
 
-    async def _check_status(self, response: httpx.Response, plan: ChatPlan, record: RequestRecord) -> None:
+    async def _check_status(self, ready: Opened, plan: ChatPlan, record: RequestRecord) -> None:
+        response = ready.response
         if response.status_code == 404:
             # The model went away since it was looked up (ollama rm): forget it and say what is installed.
-            self.catalog.forget(plan.ollama_model)
-            raise not_installed(plan.ollama_model, await self.catalog.installed(), record.model)
+            catalog = ready.host.catalog
+            catalog.forget(plan.ollama_model)
+            raise not_installed(plan.ollama_model, await catalog.installed(), record.model)
         if response.status_code != 200:
             raise error_from_response(response.status_code, await read_error_body(response), plan.ollama_model)

@@ -12,20 +12,15 @@ The protocol is orjson lines, one object per line, each carrying the `id` of the
                        {"op": "cancel", "id": 1}     the request left: leave the queue, or give back its grant
                        {"op": "release", "id": 1}    the request is done with its grant
                        {"op": "snapshot", "id": 2}
+                       {"op": "forget_host", "id": 0, "host": ...}   sessions stop preferring a failed host
     service → worker   {"id": 1, "queued": 3}        it waits, 3rd in line
                        {"id": 1, "grant": {"host": ..., "model": ..., "waited": 0.5, "ahead": 2}}
                        {"id": 1, "error": {"type": "overloaded_error", "status": 529, "message": ...}}
                        {"id": 2, "snapshot": {...}}
 
-Slots: how many requests each Ollama server runs at once per model (its `OLLAMA_NUM_PARALLEL`). The configuration
-form (`SlotLimits.parse`) is either one number for every host and model, or a mapping:
-
-    {"*": 4,                                        every host and model (1 when absent)
-     "qwen3:8b": 2,                                 this model on every host
-     "http://gpu:11434": {"*": 8, "qwen3:8b": 6}}   this host: every model, and one model on it
-
-A key containing "://" is a host (its base URL); any other key is a model (a name without a tag also matches its
-`:latest`). The most specific entry wins: host and model, then host, then model, then "*".
+Slots come from the settings (`Settings.slots_for`: --slots, --model-slots, per host and model in the file), which
+the service reads as the workers do, from `CCOP_SETTINGS`. A worker finds the service through `CCOP_SCHEDULER`
+(`worker_scheduler`); without it (one worker) the worker schedules in its own process.
 """
 
 from __future__ import annotations
@@ -43,94 +38,34 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import orjson
 
 from ccop.errors import Overloaded, ProxyError
 from ccop.scheduler import Admission, Grant, Scheduler
+from ccop.settings import SETTINGS_ENV, Settings
 
 __all__ = [
+    "SCHEDULER_ENV",
     "RemoteScheduler",
     "SchedulerProcess",
-    "SlotLimits",
-    "SlotsSpec",
     "serve_scheduler",
     "start_scheduler_process",
+    "worker_scheduler",
 ]
 
 logger = logging.getLogger("ccop.scheduler")
 
-SlotsSpec: TypeAlias = int | Mapping[str, int | Mapping[str, int]]
-
-_DEFAULT_SLOTS = 1
+# Where a worker finds the shared scheduler's socket (set by the proxy's main process for --workers 2 and more).
+SCHEDULER_ENV = "CCOP_SCHEDULER"
 # A line is one small object; anything longer is not from ccop.
 _LINE_LIMIT = 1 << 20
 _START_TIMEOUT = 20.0
 _CONNECT_TIMEOUT = 5.0
-
-
-# Configuration.
-
-
-def _model_key(model: str) -> str:
-    return model if ":" in model else f"{model}:latest"
-
-
-def _count(value: object, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"slots for {where} must be a whole number of at least 1, not {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class SlotLimits:
-    """`slots(host, model)` for `Scheduler`, from the configuration form in the module docstring."""
-
-    default: int = _DEFAULT_SLOTS
-    per_model: Mapping[str, int] = field(default_factory=dict)
-    per_host: Mapping[str, int] = field(default_factory=dict)
-    per_host_model: Mapping[tuple[str, str], int] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, spec: SlotsSpec) -> SlotLimits:
-        """Read and check the configuration form; a ValueError names the bad entry."""
-        if not isinstance(spec, Mapping):
-            return cls(default=_count(spec, "every host and model"))
-        default = _DEFAULT_SLOTS
-        per_model: dict[str, int] = {}
-        per_host: dict[str, int] = {}
-        per_host_model: dict[tuple[str, str], int] = {}
-        for key, value in spec.items():
-            if key == "*":
-                default = _count(value, "every host and model")
-            elif "://" not in key:
-                per_model[_model_key(key)] = _count(value, key)
-            elif isinstance(value, Mapping):
-                host = key.rstrip("/")
-                for model, count in value.items():
-                    if model == "*":
-                        per_host[host] = _count(count, key)
-                    else:
-                        per_host_model[(host, _model_key(model))] = _count(count, f"{model} at {key}")
-            else:
-                per_host[key.rstrip("/")] = _count(value, key)
-        return cls(default, per_model, per_host, per_host_model)
-
-    def __call__(self, host: str, model: str) -> int:
-        host, model = host.rstrip("/"), _model_key(model)
-        found = self.per_host_model.get((host, model))
-        if found is None:
-            found = self.per_host.get(host)
-        if found is None:
-            found = self.per_model.get(model, self.default)
-        return found
-
-
-# The service.
 
 
 def _admission(fields: dict[str, Any]) -> Admission:
@@ -170,6 +105,8 @@ class _Connection:
             self._cancel(request)
         elif op == "snapshot":
             self.send({"id": request, "snapshot": self.scheduler.snapshot()})
+        elif op == "forget_host":
+            self.scheduler.forget_host(str(message["host"]))
         else:
             raise ValueError(f"unknown op {op!r}")
 
@@ -351,6 +288,12 @@ class RemoteScheduler:
             _, link, request = held
             link.write({"op": "release", "id": request})
 
+    def forget_host(self, host: str) -> None:
+        """Drop the sessions' affinity to a host that failed (sent without waiting; lost with a lost connection)."""
+        link = self._link
+        if link is not None and link.open:
+            link.write({"op": "forget_host", "id": 0, "host": host})
+
     async def snapshot(self) -> dict[str, Any]:
         link = await self._connection()
         _, future = link.ask("snapshot", {}, None)
@@ -410,19 +353,18 @@ class SchedulerProcess:
         shutil.rmtree(Path(self.path).parent, ignore_errors=True)
 
 
-def start_scheduler_process(slots_spec: SlotsSpec, max_queue: int, max_wait: float) -> SchedulerProcess:
+def start_scheduler_process(settings: Settings) -> SchedulerProcess:
     """Start the service (a new interpreter, not a fork) and return once its socket accepts connections.
 
     The socket lives in a new private directory (mode 0700). The service's stdin is a pipe from this process: when
     this process ends, however it ends, the pipe closes and the service exits.
     """
-    SlotLimits.parse(slots_spec)  # a bad configuration fails here, in the proxy's own words
     directory = tempfile.mkdtemp(prefix="ccop-scheduler-")
     path = os.path.join(directory, "scheduler.sock")
-    config = orjson.dumps({"slots": slots_spec, "max_queue": max_queue, "max_wait": max_wait}).decode()
+    # The settings travel as they do to the workers: in the environment, not on a command line others can read.
+    environment = {**os.environ, SETTINGS_ENV: settings.to_json().decode()}
     process = subprocess.Popen(
-        [sys.executable, "-m", "ccop.scheduler_service", "--socket", path, "--config", config],
-        stdin=subprocess.PIPE,
+        [sys.executable, "-m", "ccop.scheduler_service", "--socket", path], stdin=subprocess.PIPE, env=environment
     )
     service = SchedulerProcess(path, process)
     deadline = time.monotonic() + _START_TIMEOUT
@@ -443,10 +385,18 @@ def _accepts(path: str) -> bool:
     return True
 
 
-async def _run(path: str, config: dict[str, Any]) -> None:
-    scheduler = Scheduler(
-        SlotLimits.parse(config["slots"]), max_queue=int(config["max_queue"]), max_wait=float(config["max_wait"])
-    )
+def local_scheduler(settings: Settings) -> Scheduler:
+    return Scheduler(settings.slots_for, max_queue=settings.max_queue, max_wait=settings.max_queue_wait)
+
+
+def worker_scheduler(settings: Settings) -> Scheduler | RemoteScheduler:
+    """The scheduler a worker uses: the shared service when the proxy started one, else one in this process."""
+    path = os.environ.get(SCHEDULER_ENV)
+    return RemoteScheduler(path) if path else local_scheduler(settings)
+
+
+async def _run(path: str, settings: Settings) -> None:
+    scheduler = local_scheduler(settings)
     loop = asyncio.get_running_loop()
     parent = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(parent), sys.stdin)
@@ -468,11 +418,10 @@ async def _run(path: str, config: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m ccop.scheduler_service")
     parser.add_argument("--socket", required=True)
-    parser.add_argument("--config", required=True, help="JSON: slots, max_queue, max_wait")
     arguments = parser.parse_args()
     # Ctrl-C reaches the whole process group; the proxy decides when this process ends, by closing its stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_run(arguments.socket, orjson.loads(arguments.config)))
+    asyncio.run(_run(arguments.socket, Settings.for_worker()))
 
 
 if __name__ == "__main__":

@@ -11,15 +11,18 @@ Besides starting Granian, this module owns what happens around the workers:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
 import resource
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ccop.scheduler_service import SCHEDULER_ENV, start_scheduler_process
 from ccop.settings import SETTINGS_ENV, Settings
 
 __all__ = ["BindError", "bind_address", "connection_limit", "port_holder", "serve"]
@@ -236,8 +239,26 @@ def serve(settings: Settings, address: str | None = None) -> None:
         workers_kill_timeout=math.ceil(settings.shutdown_grace) + _KILL_MARGIN,
     )
     server.grace = settings.shutdown_grace
-    server.serve()
+    with _shared_scheduler(settings):
+        server.serve()
     _say("stopped")
+
+
+@contextlib.contextmanager
+def _shared_scheduler(settings: Settings) -> Iterator[None]:
+    """With two workers or more, one scheduler process for all of them (scheduler_service.py), for as long as they
+    serve; the workers find it through the environment they inherit. One worker schedules in its own process."""
+    if settings.workers < 2:
+        os.environ.pop(SCHEDULER_ENV, None)
+        yield
+        return
+    service = start_scheduler_process(settings)
+    os.environ[SCHEDULER_ENV] = service.path
+    try:
+        yield
+    finally:
+        os.environ.pop(SCHEDULER_ENV, None)
+        service.stop()
 
 
 def _main() -> int:
