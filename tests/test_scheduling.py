@@ -271,3 +271,15 @@ def test_keep_alive_is_sent_with_every_chat_request(spawn: Spawn, ollama: Ollama
     proxy = spawn("--keep-alive", "-1")
     _ask(proxy, "hi", "main")
     assert ollama.keep_alives() == [-1]
+
+
+def test_preload_loads_the_configured_models_with_the_window_requests_use(spawn: Spawn, ollama: OllamaDouble) -> None:
+    proxy = spawn("--preload", "--keep-alive", "1h", "--model-map", "claude-haiku-4-5=qwen3:8b")
+    _wait(lambda: len(ollama.model_loads) == 2, "both configured models to load")
+    assert {name for name, _ in ollama.model_loads} == {"llama3.1:latest", "qwen3:8b"}
+    assert ollama.keep_alives() == ["1h", "1h"]
+    _wait(lambda: "loaded qwen3:8b with a 40960-token window" in proxy.log(), "the start-up lines")
+    # The first turn finds its model loaded with the window it asks for: no second load.
+    assert _ask(proxy, "first turn", "main", model="llama3.1") == "Hello from llama3.1."
+    assert _ask(proxy, "a title", "auxiliary", model="claude-haiku-4-5") == f"Hello from {MODEL}."
+    assert len(ollama.model_loads) == 2

@@ -13,6 +13,7 @@ import httpx
 import orjson
 
 from ccop.model_facts import ModelInfo, parse_show
+from ccop.preload import Load, load_models
 from ccop.settings import DEFAULT_NUM_CTX, Settings, redacted_url
 from ccop.upstream import ollama_endpoint
 
@@ -275,9 +276,10 @@ def _older_than(version: str, minimum: tuple[int, ...]) -> bool:
     return parts != (0, 0) and parts < minimum
 
 
-def startup_lines(settings: Settings) -> list[str]:
+def startup_lines(settings: Settings, reports: Sequence[Report] | None = None) -> list[str]:
     """A short summary for the banner, plus a warning line per problem; per host when there are several."""
-    reports = probe_hosts(settings, timeout=3.0)
+    if reports is None:
+        reports = probe_hosts(settings, timeout=3.0)
     if len(reports) == 1:
         return _summary(reports[0])
     return [f"{report.url}: {line}" for report in reports for line in _summary(report, several=True)]
@@ -306,7 +308,27 @@ def _summary(report: Report, *, several: bool = False) -> list[str]:
     return lines
 
 
+def preload(settings: Settings, reports: Sequence[Report]) -> list[str]:
+    """`--preload`: load every configured model each reachable host has, with the window the proxy will send."""
+    lines = []
+    for url, report in zip(settings.ollama_urls, reports, strict=True):
+        if not report.reachable:
+            continue
+        wanted = {model.name: Load(model.name, model.num_ctx) for model in report.models if model.installed}
+        base_url, credentials = ollama_endpoint(url, settings.ollama_api_key)
+        with httpx.Client(base_url=base_url, headers=credentials, trust_env=False) as client:
+            done = load_models(client, wanted.values(), settings.keep_alive_value)
+        prefix = f"{report.url}: " if len(reports) > 1 else ""
+        lines += [f"{prefix}{line}" for line in done]
+    return lines
+
+
 if __name__ == "__main__":
     # The CLI runs this as a child process at start-up, with the resolved settings in CCOP_SETTINGS.
-    for line in startup_lines(Settings.for_worker()):
+    resolved = Settings.for_worker()
+    found = probe_hosts(resolved, timeout=3.0)
+    for line in startup_lines(resolved, found):
         print(line, flush=True)
+    if resolved.preload:
+        for line in preload(resolved, found):
+            print(line, flush=True)

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
-from ccop.diagnostics import Report, best_report, probe_hosts
+from ccop.diagnostics import Report, best_report, preload, probe_hosts
 from ccop.launch_args import LaunchArgs, permission_mode_chosen
 from ccop.settings import DEFAULT_NUM_CTX, SETTINGS_ENV, Settings, redacted_url
 
@@ -292,6 +292,10 @@ def launch(settings: Settings, args: LaunchArgs) -> int:
     if started is None:
         return 1
     process, proxy_state = started
+    if settings.preload:
+        _say("loading the configured models (--preload)…")
+        for line in preload(settings, probe_hosts(settings, timeout=3.0)):
+            _say(line)
     window = _window(settings, report)
     environment = claude_environment(settings, window, args.small_model)
     roles = _roles(settings, args.small_model)
