@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import os
 import sys
 import time
@@ -353,15 +355,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.cpus:
         os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
     config = UpstreamConfig(tokens=args.tokens, delay=args.delay, chunking=args.chunking)
+    # ccop's own event loop (a dependency everywhere but Windows): the stand-in must not be the slower side.
+    uvloop = importlib.util.find_spec("uvloop")
     try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]  # optional, not a dependency
-
-        runner = uvloop.run
-        print("event loop: uvloop", file=sys.stderr, flush=True)
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(serve(args.host, args.port, config))
+        if uvloop is not None:
+            print("event loop: uvloop", file=sys.stderr, flush=True)
+            importlib.import_module("uvloop").run(serve(args.host, args.port, config))
+        else:
+            asyncio.run(serve(args.host, args.port, config))
     except KeyboardInterrupt:
         pass
 

@@ -167,6 +167,30 @@ def proxy(ollama: OllamaDouble, tmp_path_factory: pytest.TempPathFactory) -> Ite
 Spawn = Callable[..., ProxyProcess]
 
 
+def child_processes(pid: int) -> dict[int, tuple[str, str]]:
+    """The child processes of `pid`: {pid: (state, command line)}."""
+    found: dict[int, tuple[str, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found[int(entry.name)] = (fields[0], command)
+    return found
+
+
+def worker_pids(proxy: ProxyProcess) -> set[int]:
+    """The Granian workers: forked children, so they carry the main process's command line."""
+    main = (Path(f"/proc/{proxy.process.pid}/cmdline")).read_bytes().replace(b"\0", b" ").decode().strip()
+    return {
+        pid for pid, (state, command) in child_processes(proxy.process.pid).items() if command == main and state != "Z"
+    }
+
+
 @pytest.fixture
 def spawn(ollama: OllamaDouble, tmp_path: Path) -> Iterator[Spawn]:
     """Start proxies with a test's own flags (`spawn("--num-ctx", "0")`, `url=` for another upstream).

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ProxyProcess, Spawn, ccop_command, free_port, start_proxy
+from conftest import ProxyProcess, Spawn, ccop_command, child_processes, free_port, start_proxy, worker_pids
 from ollama_double import OllamaDouble, Reply
 
 STREAM_BODY = {"model": "llama3.1", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -31,28 +31,6 @@ def _wait_until(condition: Callable[[], object], timeout: float = 15.0, interval
             return True
         time.sleep(interval)
     return bool(condition())
-
-
-def _children(pid: int) -> dict[int, tuple[str, str]]:
-    """The child processes of `pid`: {pid: (state, command line)}."""
-    found: dict[int, tuple[str, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found[int(entry.name)] = (fields[0], command)
-    return found
-
-
-def _workers(proxy: ProxyProcess) -> set[int]:
-    """The Granian workers: forked children, so they carry the main process's command line."""
-    main = (Path(f"/proc/{proxy.process.pid}/cmdline")).read_bytes().replace(b"\0", b" ").decode().strip()
-    return {pid for pid, (state, command) in _children(proxy.process.pid).items() if command == main and state != "Z"}
 
 
 def _answers(proxy: ProxyProcess) -> bool:
@@ -97,13 +75,13 @@ def _read_until(lines: Iterator[str], marker: str) -> list[str]:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(spawn: Spawn, workers: int) -> None:
     proxy = spawn("--workers", str(workers))
-    assert _wait_until(lambda: len(_workers(proxy)) == workers)
-    before = _workers(proxy)
+    assert _wait_until(lambda: len(worker_pids(proxy)) == workers)
+    before = worker_pids(proxy)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
 
     # A replacement appears (the main process did not give up), and the service answers again.
-    assert _wait_until(lambda: len(_workers(proxy) - before) == 1 and victim not in _workers(proxy)), proxy.log()
+    assert _wait_until(lambda: len(worker_pids(proxy) - before) == 1 and victim not in worker_pids(proxy)), proxy.log()
     assert proxy.process.poll() is None, proxy.log()
     assert _wait_until(lambda: _answers(proxy)), proxy.log()
     assert f"(pid {victim}) was killed by signal 9; starting a replacement" in proxy.log()
@@ -116,8 +94,8 @@ def test_the_start_up_check_child_is_reaped(spawn: Spawn) -> None:
     proxy = spawn()
     # The start-up check prints one summary line about Ollama and exits.
     assert _wait_until(lambda: "Ollama 0.33.0" in proxy.log()), proxy.log()
-    assert _wait_until(lambda: not any(state == "Z" for state, _ in _children(proxy.process.pid).values())), _children(
-        proxy.process.pid
+    assert _wait_until(lambda: not any(state == "Z" for state, _ in child_processes(proxy.process.pid).values())), (
+        child_processes(proxy.process.pid)
     )
 
 
@@ -219,7 +197,7 @@ def test_ctrl_c_in_the_terminal_while_the_start_up_check_waits_prints_no_traceba
             start_new_session=True,
         )
         try:
-            assert _wait_until(lambda: _children(process.pid)), "no workers started"
+            assert _wait_until(lambda: child_processes(process.pid)), "no workers started"
             time.sleep(0.5)
             os.killpg(process.pid, signal.SIGINT)
             output, _ = process.communicate(timeout=20)

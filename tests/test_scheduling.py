@@ -7,6 +7,8 @@ open with `Reply(hold_until=…)` until the test lets them finish, and `/health`
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import ProxyProcess, Spawn
+from conftest import ProxyProcess, Spawn, worker_pids
 from ollama_double import OllamaDouble, Reply
 
 MODEL = "qwen3:8b"
@@ -283,3 +285,29 @@ def test_preload_loads_the_configured_models_with_the_window_requests_use(spawn:
     assert _ask(proxy, "first turn", "main", model="llama3.1") == "Hello from llama3.1."
     assert _ask(proxy, "a title", "auxiliary", model="claude-haiku-4-5") == f"Hello from {MODEL}."
     assert len(ollama.model_loads) == 2
+
+
+def test_a_worker_killed_while_holding_a_slot_gives_it_back(
+    spawn: Spawn, ollama: OllamaDouble, held: threading.Event, pool: ThreadPoolExecutor
+) -> None:
+    proxy = spawn("--workers", "2", "--slots", "1")
+    holder = pool.submit(_ask, proxy, "held")
+    _wait(lambda: ollama.active_streams == 1 and _queue(proxy)["in_flight"] == 1, "the slot to be taken")
+    workers = worker_pids(proxy)
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)  # the OOM killer, say: no chance to release anything
+    with pytest.raises(anthropic.APIConnectionError):
+        holder.result(timeout=60)
+    # The replacements serve, and the dead worker's slot is free again: the next request is not stuck behind it.
+    _wait(lambda: len(worker_pids(proxy) - workers) == 2, "two replacement workers", timeout=30)
+
+    def slot_free() -> bool:
+        try:
+            return bool(_queue(proxy)["in_flight"] == 0)
+        except httpx.HTTPError:  # a replacement still starting
+            return False
+
+    _wait(slot_free, "the dead worker's slot to be given back", timeout=30)
+    held.set()
+    assert _ask(proxy, "after") == "answer to after"
