@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import httpx
 import orjson
 
-from ccop import __version__
+from ccop import __version__, metrics
 from ccop._types import Receive, Scope, Send
 from ccop.calibration import Calibration
 from ccop.dispatch import Dispatcher
@@ -66,6 +66,10 @@ class ProxyApp:
         self._catalog: ModelCatalog | None = None
         # On loopback only a page's DNS rebinding brings a foreign Host; a user who binds beyond it chose the network.
         self._check_host = is_loopback(settings.host)
+        # Ollama models the configuration names: a request for one is counted under its name even when it failed.
+        self._known_models = frozenset(
+            name for name in (settings.default_model, settings.thinking_model, *settings.model_map.values()) if name
+        )
 
     # -- lifespan ------------------------------------------------------------------------------------------------
 
@@ -150,7 +154,7 @@ class ProxyApp:
             send = with_cors(send, cors)
             if method == "OPTIONS" and header(scope, b"access-control-request-method"):
                 await send_bytes(send, 204, b"", headers=preflight_headers(scope))
-                self._log(request_id, method, path, 204, record, started)
+                self._finished(request_id, method, path, 204, record, started)
                 return
         try:
             self._admit(scope, path)
@@ -159,6 +163,7 @@ class ProxyApp:
         except ProxyError as raised:
             error = _for_client(raised, scope)
             status = error.status
+            record.failed(raised)
             record.outcome = error.message
             await send_error(send, error, request_id, head=head)
             # `error` may be `raised`, whose traceback holds this frame: without this, every error answered would
@@ -170,14 +175,14 @@ class ProxyApp:
         except Exception:
             logger.exception("%s %s %s failed", request_id, method, path)
             status = 500
-            record.outcome = "internal error"
+            record.outcome, record.error_kind = "internal error", "internal_error"
             internal = ProxyError(f"internal proxy error ({request_id}); the proxy log has the details")
             try:
                 await send_error(send, internal, request_id, head=head)
             except Exception:
                 pass
         finally:
-            self._log(request_id, method, path, status, record, started)
+            self._finished(request_id, method, path, status, record, started)
 
     def _admit(self, scope: Scope, path: str) -> None:
         """The checks before any handler runs: the Host (DNS rebinding), the web origin, the API key."""
@@ -205,6 +210,13 @@ class ProxyApp:
                 f"method {method} is not allowed on {path}; use {allowed}", headers=((b"allow", allowed.encode()),)
             )
         return handler
+
+    def _finished(
+        self, request_id: str, method: str, path: str, status: int, record: RequestRecord, started: float
+    ) -> None:
+        """A request is over: its access log line and its metrics."""
+        self._log(request_id, method, path, status, record, started)
+        metrics.observe_request(record, _endpoint(path), status, started, self._known_models)
 
     def _log(self, request_id: str, method: str, path: str, status: int, record: RequestRecord, started: float) -> None:
         if not logger.isEnabledFor(logging.INFO):
@@ -321,6 +333,26 @@ async def _queue(app: ProxyApp) -> dict[str, object]:
     }
 
 
+async def _metrics(
+    app: ProxyApp, scope: Scope, receive: Receive, send: Send, request_id: str, _: RequestRecord
+) -> None:
+    """Prometheus exposition, all workers together; the queue is read from the scheduler at each scrape."""
+    queue = await _queue(app)
+    in_flight, waiting = queue.get("in_flight"), queue.get("waiting_by_class")
+    if isinstance(in_flight, int) and isinstance(waiting, dict):  # else the scheduler did not answer
+        metrics.observe_queue(in_flight, waiting)
+    body = await asyncio.to_thread(metrics.render)
+    await send_bytes(send, 200, body, content_type=metrics.CONTENT_TYPE.encode(), head=scope["method"] == "HEAD")
+
+
+def _endpoint(path: str) -> str:
+    """The route a path was served by, as a metrics label: never the path itself, which the client chose."""
+    path = _canonical_path(path)
+    if path in ROUTES:
+        return path
+    return "/v1/models/{model_id}" if path.startswith("/v1/models/") else "other"
+
+
 def _claude_code_id(scope: Scope, name: bytes) -> str:
     """A session or agent id Claude Code sent, as an opaque key: bounded, printable, or "" when absent or odd."""
     raw = header(scope, name)
@@ -419,6 +451,7 @@ def _canonical_path(path: str) -> str:
 ROUTES: dict[str, dict[str, Handler]] = {
     "/": {"GET": _root},
     "/health": {"GET": _health},
+    "/metrics": {"GET": _metrics},
     "/v1/messages": {"POST": _messages},
     "/v1/messages/count_tokens": {"POST": _count_tokens},
     "/v1/models": {"GET": _models},

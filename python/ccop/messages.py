@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from ccop.compaction import SUMMARY_ROOM, fit_compaction
 from ccop.dispatch import Dispatcher, Opened
 from ccop.errors import InvalidRequest, ProxyError, UpstreamError
 from ccop.hosts import HostPool
+from ccop.metrics import error_kind, error_kind_of_type, observe_tool_repairs, stream_in_flight
 from ccop.model_facts import ModelCatalog, ModelInfo, not_installed
 from ccop.model_names import map_model
 from ccop.output_limit import OutputLimit
@@ -72,6 +74,19 @@ class RequestRecord:
     # The Ollama host that served the request, and how long it waited for a slot there.
     host: str = "-"
     waited: float = 0.0
+    # For the metrics (metrics.py): a streamed answer; when Ollama's answer began (`time.monotonic()`); how the
+    # request failed (one of metrics.OUTCOMES, "" if it did not) and, when Ollama failed, how.
+    streamed: bool = False
+    first_token_at: float | None = None
+    error_kind: str = ""
+    upstream_error: str = ""
+
+    def failed(self, error: ProxyError) -> None:
+        """The request ends with `error`."""
+        self.outcome = error.message
+        self.error_kind = error_kind(error)
+        if isinstance(error, UpstreamError) and not self.upstream_error:
+            self.upstream_error = "other"
 
 
 @dataclass
@@ -92,6 +107,20 @@ async def _count(body: bytes) -> int:
         return count_request_tokens(body)
     except InvalidJsonError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _timing_first_write(
+    write: Callable[[bytes], Awaitable[None]], record: RequestRecord
+) -> Callable[[bytes], Awaitable[None]]:
+    """`write`, noting on `record` when the first token's frames were handed to the client (for the metrics). One
+    comparison per chunk: nothing else is done per token."""
+
+    async def timed(frames: bytes) -> None:
+        if record.first_token_at is None:
+            record.first_token_at = time.monotonic()
+        await write(frames)
+
+    return timed
 
 
 def _new_message_id() -> str:
@@ -197,7 +226,9 @@ class MessagesService:
         translator = prepared.translator
         try:
             if prepared.plan.stream:
-                await self._stream(prepared, receive, send, request_id, record)
+                record.streamed = True
+                with stream_in_flight():
+                    await self._stream(prepared, receive, send, request_id, record)
             else:
                 await self._answer(prepared, receive, send, request_id, record)
         finally:
@@ -290,6 +321,7 @@ class MessagesService:
     def _count_tool_calls(self, translator: StreamTranslator, request_id: str) -> None:
         counts = {kind: count for kind, count in translator.heal_counts.items() if count}
         self.tool_calls.update(counts)
+        observe_tool_repairs(counts)
         repairs = {kind: count for kind, count in counts.items() if kind != "unchanged"}
         if repairs:
             logger.debug("%s tool calls repaired: %s", request_id, repairs)
@@ -317,7 +349,7 @@ class MessagesService:
         except ClientGone:
             record.outcome = "client disconnected mid-answer"
         except ProxyError as error:
-            record.outcome = error.message
+            record.failed(error)
             if not sse.started:
                 raise
             with contextlib.suppress(ClientGone):
@@ -378,7 +410,7 @@ class MessagesService:
             await self._check_status(ready, plan, record)
             if answered is not None:
                 await answered()
-            write = sse.write if sse is not None else None
+            write = _timing_first_write(sse.write, record) if sse is not None else None
             return await relay(response, translator, write, outcome, OutputLimit(plan.max_tokens))
 
         watchers: tuple[Callable[[], Awaitable[BaseException]], ...] = (
@@ -393,6 +425,7 @@ class MessagesService:
             record.outcome = "client disconnected " + ("mid-answer" if opened else "before Ollama answered")
             return None
         except httpx.TransportError as exc:
+            record.upstream_error = "connection_broken"
             raise UpstreamError(f"the connection to Ollama broke mid-answer ({exc or type(exc).__name__})") from None
         finally:
             if opened:
@@ -403,6 +436,7 @@ class MessagesService:
                 self.dispatcher.release(opened[0].grant)
         if translator.error is not None:
             record.outcome = f"upstream error: {translator.error[1]}"
+            record.error_kind, record.upstream_error = error_kind_of_type(translator.error[0]), "stream_error"
         elif translator.stopped:
             record.outcome = "stop sequence"
         elif outcome.capped:
@@ -417,4 +451,5 @@ class MessagesService:
             catalog.forget(plan.ollama_model)
             raise not_installed(plan.ollama_model, await catalog.installed(), record.model)
         if response.status_code != 200:
+            record.upstream_error = "http_status"
             raise error_from_response(response.status_code, await read_error_body(response), plan.ollama_model)

@@ -5,6 +5,7 @@ Besides starting Granian, this module owns what happens around the workers:
   `ccop` too: Granian binds with SO_REUSEPORT, which would let two proxies share a port and alternate answers) is
   refused before anything is printed as "listening";
 - worker deaths: a worker killed by the OOM killer or `kill -9` is replaced, the others keep serving;
+- the metrics' directory: every worker writes its numbers there, and `GET /metrics` sums them (metrics.py);
 - stopping: the first Ctrl-C / SIGTERM lets running answers finish for `--shutdown-grace` seconds (the workers
   then end what is left with an SSE error, see `streaming.py`); a second one stops at once.
 """
@@ -16,8 +17,10 @@ import errno
 import math
 import os
 import resource
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,9 @@ __all__ = ["BindError", "bind_address", "connection_limit", "port_holder", "serv
 # How long after `--shutdown-grace` the main process waits before killing a worker: the worker ends its remaining
 # streams with an error event when the grace period is over, and needs a moment to send those frames.
 _KILL_MARGIN = 3
+# Where prometheus_client's multiprocess mode keeps every process's numbers (the library's own variable). Not imported
+# from ccop.metrics: that would import prometheus_client here, before the variable is set.
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # TCP states in /proc/net/tcp: 0A is LISTEN.
 _LISTEN = "0A"
 # File descriptors each worker keeps for itself (its connections to Ollama, logs, libraries) beyond client connections.
@@ -189,6 +195,7 @@ def _server_class() -> type[Any]:
                     continue  # a planned respawn of a live worker
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
                 _say(f"worker {index + 1} (pid {worker.inner.pid}) {how}; starting a replacement")
+                _forget_metrics_of(worker.inner.pid)
             super()._respawn_workers(workers, *args, **kwargs)
 
     return Server
@@ -239,9 +246,35 @@ def serve(settings: Settings, address: str | None = None) -> None:
         workers_kill_timeout=math.ceil(settings.shutdown_grace) + _KILL_MARGIN,
     )
     server.grace = settings.shutdown_grace
-    with _shared_scheduler(settings):
+    with _metrics_dir(), _shared_scheduler(settings):
         server.serve()
     _say("stopped")
+
+
+@contextlib.contextmanager
+def _metrics_dir() -> Iterator[None]:
+    """A fresh private directory for the workers' metrics, for as long as they serve.
+
+    Fresh, so numbers from an earlier run are never summed in; set before any worker imports prometheus_client,
+    which picks its multiprocess storage on import. The workers find it through the environment they inherit.
+    """
+    path = tempfile.mkdtemp(prefix="ccop-metrics-")  # mode 0700: the numbers are this user's
+    os.environ[_METRICS_DIR_ENV] = path
+    try:
+        yield
+    finally:
+        os.environ.pop(_METRICS_DIR_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _forget_metrics_of(pid: int | None) -> None:
+    """A dead worker's in-flight streams stop counting (its counters stay: what it served was served)."""
+    path = os.environ.get(_METRICS_DIR_ENV)
+    if pid is None or not path:
+        return
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager
