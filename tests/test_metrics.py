@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,6 +30,16 @@ def scrape(url: str, headers: Mapping[str, str] | None = None) -> Samples:
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def scrape_once_counted(url: str, requests: int, headers: Mapping[str, str] | None = None, **labels: str) -> Samples:
+    """A scrape taken once `requests` requests matching `labels` are counted: a worker counts a request just after
+    its answer left, so the client can be a moment ahead of the count."""
+    deadline = time.monotonic() + 10
+    while total(samples := scrape(url, headers), "ccop_requests_total", **labels) < requests:
+        assert time.monotonic() < deadline, f"fewer than {requests} requests {labels} were counted"
+        time.sleep(0.05)
     return samples
 
 
@@ -92,7 +105,7 @@ def test_a_scrape_counts_known_traffic_across_two_workers(spawn: Spawn, ollama: 
     missing = post(proxy.url, message(stream=False, model="no-such-model:1b"))
     assert missing.status_code == 404, missing.text
 
-    samples = scrape(proxy.url)
+    samples = scrape_once_counted(proxy.url, 6, endpoint="/v1/messages")
 
     requests = "ccop_requests_total"
     assert value(samples, requests, endpoint="/health", model="none", request_class="unlabelled", outcome="ok") == (
@@ -141,7 +154,7 @@ def test_upstream_errors_are_counted_by_kind(spawn: Spawn, ollama: OllamaDouble)
     broken = post(proxy.url, message(stream=True))
     assert broken.status_code == 200 and "event: error" in broken.text, broken.text
 
-    samples = scrape(proxy.url)
+    samples = scrape_once_counted(proxy.url, 2, endpoint="/v1/messages")
 
     assert value(samples, "ccop_upstream_errors_total", kind="http_status") == 1
     assert value(samples, "ccop_upstream_errors_total", kind="stream_error") == 1
@@ -155,7 +168,7 @@ def test_metrics_need_the_api_key_when_one_is_set(spawn: Spawn) -> None:
     refused = httpx.get(f"{proxy.url}/metrics", trust_env=False)
     assert refused.status_code == 401
     assert refused.json()["error"]["type"] == "authentication_error"
-    samples = scrape(proxy.url, {"x-api-key": "s3cret"})
+    samples = scrape_once_counted(proxy.url, 1, {"x-api-key": "s3cret"}, endpoint="/metrics")
     # The refused scrape was itself counted, under a bounded outcome.
     assert (
         value(
@@ -168,3 +181,24 @@ def test_metrics_need_the_api_key_when_one_is_set(spawn: Spawn) -> None:
         )
         == 1
     )
+
+
+def test_a_running_stream_is_in_flight_until_it_ends(spawn: Spawn, ollama: OllamaDouble) -> None:
+    proxy = spawn("--workers", "2", "--default-model", "llama3.1")
+    release = threading.Event()
+    ollama.enqueue(Reply(content="Held until released.", hold_until=release))
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post, proxy.url, message(stream=True), "subagent")
+        try:
+            assert ollama.wait_for_active_streams(1, timeout=10.0)
+            running = scrape(proxy.url)
+        finally:
+            release.set()
+        assert answer.result(timeout=30).status_code == 200
+    assert value(running, "ccop_streams_in_flight") == 1
+    assert value(running, "ccop_slots_in_use") == 1
+    # The worker counts the stream out just after its last frame left: wait for it rather than race it.
+    deadline = time.monotonic() + 10
+    while value(scrape(proxy.url), "ccop_streams_in_flight") != 0:
+        assert time.monotonic() < deadline, "the ended stream is still counted as in flight"
+        time.sleep(0.05)

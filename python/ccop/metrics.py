@@ -206,12 +206,15 @@ def observe_request(
     `known_models` the Ollama models the configuration names."""
     model = _model_label(record, known_models)
     request_class = _class_label(record.request_class)
-    outcome = _outcome(record, status)
-    REQUESTS.labels(endpoint, model, request_class, outcome).inc()
     if record.upstream_error:
         UPSTREAM_ERRORS.labels(record.upstream_error).inc()
-    if endpoint != "/v1/messages":
-        return
+    if endpoint == "/v1/messages":
+        _observe_answer(record, model, request_class, started)
+    # Last: once a request is counted, everything else about it is (a scrape may come in between).
+    REQUESTS.labels(endpoint, model, request_class, _outcome(record, status)).inc()
+
+
+def _observe_answer(record: RequestRecord, model: str, request_class: str, started: float) -> None:
     if record.host != "-":
         QUEUE_WAIT.labels(request_class).observe(record.waited)
     if record.first_token_at is not None:
