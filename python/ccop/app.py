@@ -237,8 +237,26 @@ class ProxyApp:
             label += f" host={redacted_url(record.host)}"
         if record.waited >= 0.001:
             label += f" queued={record.waited * 1000:.0f}ms"
+        attributes = record.log_attributes(request_id)
+        attributes.update(
+            method=method, path=path, status=status, duration_ms=round(elapsed_ms), outcome=record.outcome
+        )
+        if record.host != "-":
+            attributes.update(host=redacted_url(record.host), queued_ms=round(record.waited * 1000))
+        if record.input_tokens is not None or record.output_tokens is not None:
+            attributes.update(input_tokens=record.input_tokens, output_tokens=record.output_tokens)
         logger.info(
-            "%s %s %s %d%s%s%s %.0fms%s", request_id, method, path, status, label, model, tokens, elapsed_ms, outcome
+            "%s %s %s %d%s%s%s %.0fms%s",
+            request_id,
+            method,
+            path,
+            status,
+            label,
+            model,
+            tokens,
+            elapsed_ms,
+            outcome,
+            extra=attributes,
         )
 
 
@@ -463,5 +481,5 @@ ROUTES: dict[str, dict[str, Handler]] = {
 def create_app(settings: Settings | None = None) -> ProxyApp:
     """The ASGI app for one worker; without arguments it reads the settings the CLI handed to the workers."""
     resolved = settings or Settings.for_worker()
-    configure_logging(resolved.verbose)
+    configure_logging(resolved.log_threshold, resolved.log_format, resolved.log_file)
     return ProxyApp(resolved)

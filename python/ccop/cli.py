@@ -244,6 +244,17 @@ def claude(argv: Sequence[str]) -> int:
     return launch(settings, args)
 
 
+def _check_log_file(path: str | None) -> None:
+    """A --log-file that cannot be written is one line and exit 1 here, not a traceback from every worker."""
+    if path is None:
+        return
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise OSError(f"cannot write the log file {path}: {exc.strerror or exc}") from None
+
+
 def _report_ollama_in_background(settings: Settings) -> subprocess.Popen[bytes]:
     """The start-up summary, so a slow or absent Ollama never delays serving.
 
@@ -252,8 +263,13 @@ def _report_ollama_in_background(settings: Settings) -> subprocess.Popen[bytes]:
     """
     environment = {**os.environ, SETTINGS_ENV: settings.to_json().decode()}
     # In its own session: a Ctrl-C in the terminal is for the proxy, and must not end the check with a traceback.
+    # --quiet: the check still runs (it does --preload's loading), but its summary is not shown.
     child = subprocess.Popen(
-        [sys.executable, "-m", "ccop.diagnostics"], env=environment, stdin=subprocess.DEVNULL, start_new_session=True
+        [sys.executable, "-m", "ccop.diagnostics"],
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL if settings.quiet else None,
+        start_new_session=True,
     )
     # Reaped when it ends, so it does not linger as a zombie for the life of the proxy. This thread only waits
     # (no output, no shared locks), so it is harmless in the forked workers.
@@ -281,10 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Checked before the banner: a port in use (by another ccop too) is one line and exit 1, never "listening".
         address = bind_address(settings)
-    except BindError as exc:
+        _check_log_file(settings.log_file)
+    except (BindError, OSError) as exc:
         print(f"ccop: {exc}", file=sys.stderr)
         return 1
-    print(banner(settings), flush=True)
+    if not settings.quiet:
+        print(banner(settings), flush=True)
     if not is_loopback(settings.host) and not settings.api_key:
         print(
             f"WARNING: listening on {settings.host} without an API key: anyone who can reach this machine can use "

@@ -53,6 +53,8 @@ _DEBUG_BYTES = 20_000
 OFF_LOOP_BYTES = 1 << 20
 # Bodies from this size on are prepared one at a time per worker (see `MessagesService.create`).
 LARGE_BODY_BYTES = 1 << 20
+# How long the note of a slow start may wait for `/api/ps` (it answers in milliseconds while a model loads).
+_PS_WAIT = 0.5
 # Ollama has no data for these; everything else about the answer is in the translator.
 _ERROR_STATUS = {"invalid_request_error": 400, "overloaded_error": 529, "not_found_error": 404}
 
@@ -81,6 +83,19 @@ class RequestRecord:
     error_kind: str = ""
     upstream_error: str = ""
 
+    def log_attributes(self, request_id: str) -> dict[str, Any]:
+        """Who asked for what, as a JSON log line's attributes: only what is known (no "-" placeholders)."""
+        attributes: dict[str, Any] = {"request_id": request_id}
+        if self.session:
+            attributes["session_id"] = self.session
+        if self.agent:
+            attributes["agent_id"] = self.agent
+        if self.request_class != "-":
+            attributes["request_class"] = self.request_class
+        if self.model != "-":
+            attributes.update(model=self.model, ollama_model=self.ollama_model)
+        return attributes
+
     def failed(self, error: ProxyError) -> None:
         """The request ends with `error`."""
         self.outcome = error.message
@@ -98,6 +113,8 @@ class _Prepared:
     ollama_model: str
     raw_estimate: int
     request_id: str
+    # The prompt's size as the proxy estimates it (calibrated), for the start line.
+    prompt_tokens: int
 
 
 async def _count(body: bytes) -> int:
@@ -121,6 +138,99 @@ def _timing_first_write(
         await write(frames)
 
     return timed
+
+
+def _log_start(prepared: _Prepared, record: RequestRecord) -> None:
+    """The line that says a request is on its way to Ollama (the access line says when it is over)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    attributes = record.log_attributes(prepared.request_id)
+    attributes.update(prompt_tokens=prepared.prompt_tokens, stream=prepared.plan.stream)
+    label = f" class={record.request_class}" if record.request_class != "-" else ""
+    session = f" session={record.session}" if record.session else ""
+    logger.info(
+        "%s start%s%s model=%s->%s prompt=%d tokens%s",
+        prepared.request_id,
+        label,
+        session,
+        record.model,
+        record.ollama_model,
+        prepared.prompt_tokens,
+        " (streaming)" if prepared.plan.stream else "",
+        extra=attributes,
+    )
+
+
+class _SlowStart:
+    """A request whose answer is slow to begin (no slot, or no response head from Ollama, within the header grace):
+    noted once, with whether Ollama is loading the model (it was in no host's `/api/ps` as the request left), and
+    when the answer begins, how long the wait was. A load is worth an info line (the user wonders why nothing
+    happens); a loaded model slow to answer (a long prompt being read) only a debug line: that is most long prompts.
+
+    `/api/ps` is asked as the request leaves, beside it (so nothing waits for it unless the answer is slow, and the
+    pool's two-second cache makes it one question per burst): asked once the answer is late, Ollama would already
+    list the model it is loading for this very request.
+    """
+
+    def __init__(self, hosts: HostPool, model: str, request_id: str) -> None:
+        self._model = model
+        self._request_id = request_id
+        self._since = time.monotonic()
+        self._noted = False
+        self._loading = False
+        self._loaded_before = asyncio.ensure_future(hosts.loaded_anywhere())
+
+    def close(self) -> None:
+        if self._loaded_before.done() and not self._loaded_before.cancelled():
+            self._loaded_before.exception()  # retrieved, so an unexpected failure is not reported as unhandled
+        else:
+            self._loaded_before.cancel()
+
+    def hook(self, then: Callable[[], Awaitable[None]] | None) -> Callable[[], Awaitable[None]]:
+        """The `on_slow` hook: `then` first (a stream's `message_start` must not wait for `/api/ps`), then the note."""
+
+        async def slow() -> None:
+            if then is not None:
+                await then()
+            if self._noted:
+                return
+            self._noted = True
+            self._loading = await self._not_loaded()
+            if self._loading:
+                logger.info(
+                    "%s waiting for Ollama: %s is not loaded, Ollama is loading it",
+                    self._request_id,
+                    self._model,
+                    extra={"request_id": self._request_id, "ollama_model": self._model, "loading": True},
+                )
+            else:
+                logger.debug("%s waiting for Ollama's answer (%s is loaded)", self._request_id, self._model)
+
+        return slow
+
+    async def _not_loaded(self) -> bool:
+        try:
+            # Bounded: the answer may begin meanwhile, and noticing it must not wait for a slow `/api/ps`.
+            loaded = await asyncio.wait_for(asyncio.shield(self._loaded_before), _PS_WAIT)
+        except (asyncio.TimeoutError, Exception):
+            return False  # Ollama could not say in time: nothing is claimed
+        wanted = model_key(self._model)
+        return not any(model_key(name) == wanted for name in loaded)
+
+    def answered(self) -> None:
+        if not self._noted:
+            return
+        waited = time.monotonic() - self._since
+        level = logging.INFO if self._loading else logging.DEBUG
+        cause = f"; {self._model} was loading" if self._loading else ""
+        logger.log(
+            level,
+            "%s Ollama answered after %.1f s%s",
+            self._request_id,
+            waited,
+            cause,
+            extra={"request_id": self._request_id, "ollama_model": self._model, "wait_ms": round(waited * 1000)},
+        )
 
 
 def _new_message_id() -> str:
@@ -223,6 +333,7 @@ class MessagesService:
                 # Without its traceback: `_prepare`'s frame, and the parsed body in it, would live on in it (and
                 # the handler's reference cycle) while the next large body is already being parsed.
                 raise error.with_traceback(None) from None
+        _log_start(prepared, record)
         translator = prepared.translator
         try:
             if prepared.plan.stream:
@@ -283,7 +394,7 @@ class MessagesService:
             # Only tools the model was told about: they enable schema repair and recovering calls written as text.
             tools=orjson.dumps(plan.offered_tools) if plan.offered_tools else None,
         )
-        return _Prepared(plan, translator, ollama_model, raw_estimate, request_id)
+        return _Prepared(plan, translator, ollama_model, raw_estimate, request_id, estimate)
 
     def _plan(self, request: dict[str, Any], ollama_model: str, traits: ModelTraits) -> ChatPlan:
         return build_chat_request(
@@ -401,10 +512,18 @@ class MessagesService:
                 agent=record.agent,
                 request_id=prepared.request_id,
             )
-            ready = await self.dispatcher.open(
-                admission, orjson.dumps(plan.body), on_slow=begin, may_retry=lambda: sse is None or not sse.started
-            )
+            slow_start = _SlowStart(self.hosts, plan.ollama_model, prepared.request_id)
+            try:
+                ready = await self.dispatcher.open(
+                    admission,
+                    orjson.dumps(plan.body),
+                    on_slow=slow_start.hook(begin),
+                    may_retry=lambda: sse is None or not sse.started,
+                )
+            finally:
+                slow_start.close()
             opened.append(ready)
+            slow_start.answered()
             record.host, record.waited = ready.host.url, ready.grant.waited
             response = ready.response
             await self._check_status(ready, plan, record)

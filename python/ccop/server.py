@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ccop.logs import granian_log_config
 from ccop.scheduler_service import SCHEDULER_ENV, start_scheduler_process
 from ccop.settings import SETTINGS_ENV, Settings
 
@@ -210,6 +211,12 @@ def serve(settings: Settings, address: str | None = None) -> None:
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
+    granian_levels = {
+        "debug": LogLevels.debug,
+        "info": LogLevels.warning,
+        "warning": LogLevels.warning,
+        "error": LogLevels.error,
+    }
     if address is None:
         address = bind_address(settings)
     # Workers are separate processes that import the app afresh: the resolved settings reach them here.
@@ -235,7 +242,10 @@ def serve(settings: Settings, address: str | None = None) -> None:
         backlog=2048,
         # Connections each worker holds at once (each open SSE stream holds one).
         backpressure=connection_limit(),
-        log_level=LogLevels.debug if settings.verbose else LogLevels.warning,
+        # Granian's level follows --log-level, except that its info lines (starting, listening, spawning each
+        # worker) repeat the banner: they show from debug on. Its records take ccop's format and file (logs.py).
+        log_level=granian_levels[settings.log_threshold],
+        log_dictconfig=granian_log_config(settings.log_format, settings.log_file),
         log_access=False,
         # A worker that dies (the OOM killer, kill -9) is replaced; the others serve on meanwhile. Granian still
         # gives up when the same worker dies again within seconds of its replacement (a crash loop).
@@ -248,7 +258,8 @@ def serve(settings: Settings, address: str | None = None) -> None:
     server.grace = settings.shutdown_grace
     with _metrics_dir(), _shared_scheduler(settings):
         server.serve()
-    _say("stopped")
+    if not settings.quiet:
+        _say("stopped")
 
 
 @contextlib.contextmanager

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from ccop.logs import LEVELS
+
 __all__ = [
     "CONFIG_FILE_NAME",
     "DEFAULT_NUM_CTX",
@@ -76,7 +78,14 @@ class Settings:
     default_model: str = "llama3.1"
     model_map: Mapping[str, str] = field(default_factory=dict)
     strict_thinking: bool = False
+    # Debug logging: the same as log_level "debug" (kept from before there were levels).
     verbose: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    # Where logs go instead of standard error, rotated by size (logs.py).
+    log_file: str | None = None
+    # No banner or start-up summary, and logs from warnings up.
+    quiet: bool = False
     workers: int = 1
     # None: not configured, so DEFAULT_NUM_CTX (or the Modelfile's num_ctx, when larger) applies.
     num_ctx: int | None = None
@@ -136,6 +145,15 @@ class Settings:
                 if isinstance(value, int) and model_key(name) == wanted:
                     return value
         return self.slots
+
+    @property
+    def log_threshold(self) -> str:
+        """The level logs are written from: --verbose is --log-level debug; --quiet keeps warnings and errors only."""
+        if self.verbose:
+            return "debug"
+        if self.quiet and LEVELS.index(self.log_level) < LEVELS.index("warning"):
+            return "warning"
+        return self.log_level
 
     @property
     def keep_alive_value(self) -> str | float | None:
@@ -464,8 +482,40 @@ OPTIONS: tuple[Option, ...] = (
         "verbose",
         "CCOP_VERBOSE",
         "bool",
-        "debug logging, including prompt and response text",
+        "debug logging, including prompt and response text: the same as --log-level debug",
         short="-v",
+    ),
+    Option(
+        "log_level",
+        "logLevel",
+        "CCOP_LOG_LEVEL",
+        "choice",
+        "log from this level up; only debug shows prompt and response text",
+        LEVELS,
+    ),
+    Option(
+        "log_format",
+        "logFormat",
+        "CCOP_LOG_FORMAT",
+        "choice",
+        "text: one readable line per record; json: one JSON object per line (timestamp, severity, body, attributes)",
+        ("text", "json"),
+    ),
+    Option(
+        "log_file",
+        "logFile",
+        "CCOP_LOG_FILE",
+        "str",
+        "write logs to this file instead of standard error, rotated at 10 MB with 5 old files kept",
+        metavar="PATH",
+    ),
+    Option(
+        "quiet",
+        "quiet",
+        "CCOP_QUIET",
+        "bool",
+        "no banner or start-up summary, and only warnings and errors in the log",
+        short="-q",
     ),
     Option(
         "workers",
