@@ -53,8 +53,9 @@ _DEBUG_BYTES = 20_000
 OFF_LOOP_BYTES = 1 << 20
 # Bodies from this size on are prepared one at a time per worker (see `MessagesService.create`).
 LARGE_BODY_BYTES = 1 << 20
-# How long the note of a slow start may wait for `/api/ps` (it answers in milliseconds while a model loads).
-_PS_WAIT = 0.5
+# How long a request may wait for `/api/ps` before it leaves (Ollama answers it in a millisecond or two, loading or
+# not); a slower answer is not waited for, and the request's log lines then claim no load.
+_PS_WAIT = 0.1
 # Ollama has no data for these; everything else about the answer is in the translator.
 _ERROR_STATUS = {"invalid_request_error": 400, "overloaded_error": 529, "not_found_error": 404}
 
@@ -167,27 +168,31 @@ class _SlowStart:
     when the answer begins, how long the wait was. A load is worth an info line (the user wonders why nothing
     happens); a loaded model slow to answer (a long prompt being read) only a debug line: that is most long prompts.
 
-    `/api/ps` is asked as the request leaves, beside it (so nothing waits for it unless the answer is slow, and the
-    pool's two-second cache makes it one question per burst): asked once the answer is late, Ollama would already
+    `/api/ps` is asked before the request leaves (`looked_up`): asked once the answer is late, Ollama would already
     list the model it is loading for this very request.
     """
 
-    def __init__(self, hosts: HostPool, model: str, request_id: str) -> None:
+    def __init__(self, model: str, request_id: str, loaded: bool | None) -> None:
         self._model = model
         self._request_id = request_id
         self._since = time.monotonic()
         self._noted = False
-        self._loading = False
-        self._loaded_before = asyncio.ensure_future(hosts.loaded_anywhere())
+        self._loading = loaded is False
+        self._loaded = loaded
 
-    def close(self) -> None:
-        if self._loaded_before.done() and not self._loaded_before.cancelled():
-            self._loaded_before.exception()  # retrieved, so an unexpected failure is not reported as unhandled
-        else:
-            self._loaded_before.cancel()
+    @classmethod
+    async def looked_up(cls, hosts: HostPool, model: str, request_id: str) -> _SlowStart:
+        """Whether `model` is loaded on some host now: the pool's cached `/api/ps` (asked at most every two seconds,
+        as several hosts' candidates already are), waited for only briefly; None when Ollama cannot say that fast."""
+        try:
+            loaded = await asyncio.wait_for(hosts.loaded_anywhere(), _PS_WAIT)
+        except asyncio.TimeoutError:
+            return cls(model, request_id, None)
+        wanted = model_key(model)
+        return cls(model, request_id, any(model_key(name) == wanted for name in loaded))
 
     def hook(self, then: Callable[[], Awaitable[None]] | None) -> Callable[[], Awaitable[None]]:
-        """The `on_slow` hook: `then` first (a stream's `message_start` must not wait for `/api/ps`), then the note."""
+        """The `on_slow` hook: `then` (a stream's `message_start`), then the note, once."""
 
         async def slow() -> None:
             if then is not None:
@@ -195,7 +200,6 @@ class _SlowStart:
             if self._noted:
                 return
             self._noted = True
-            self._loading = await self._not_loaded()
             if self._loading:
                 logger.info(
                     "%s waiting for Ollama: %s is not loaded, Ollama is loading it",
@@ -204,18 +208,10 @@ class _SlowStart:
                     extra={"request_id": self._request_id, "ollama_model": self._model, "loading": True},
                 )
             else:
-                logger.debug("%s waiting for Ollama's answer (%s is loaded)", self._request_id, self._model)
+                state = "is loaded" if self._loaded else "may be loading: /api/ps did not answer in time"
+                logger.debug("%s waiting for Ollama's answer (%s %s)", self._request_id, self._model, state)
 
         return slow
-
-    async def _not_loaded(self) -> bool:
-        try:
-            # Bounded: the answer may begin meanwhile, and noticing it must not wait for a slow `/api/ps`.
-            loaded = await asyncio.wait_for(asyncio.shield(self._loaded_before), _PS_WAIT)
-        except (asyncio.TimeoutError, Exception):
-            return False  # Ollama could not say in time: nothing is claimed
-        wanted = model_key(self._model)
-        return not any(model_key(name) == wanted for name in loaded)
 
     def answered(self) -> None:
         if not self._noted:
@@ -512,16 +508,13 @@ class MessagesService:
                 agent=record.agent,
                 request_id=prepared.request_id,
             )
-            slow_start = _SlowStart(self.hosts, plan.ollama_model, prepared.request_id)
-            try:
-                ready = await self.dispatcher.open(
-                    admission,
-                    orjson.dumps(plan.body),
-                    on_slow=slow_start.hook(begin),
-                    may_retry=lambda: sse is None or not sse.started,
-                )
-            finally:
-                slow_start.close()
+            slow_start = await _SlowStart.looked_up(self.hosts, plan.ollama_model, prepared.request_id)
+            ready = await self.dispatcher.open(
+                admission,
+                orjson.dumps(plan.body),
+                on_slow=slow_start.hook(begin),
+                may_retry=lambda: sse is None or not sse.started,
+            )
             opened.append(ready)
             slow_start.answered()
             record.host, record.waited = ready.host.url, ready.grant.waited
