@@ -302,11 +302,12 @@ def test_logs_say_what_happened_but_not_what_was_said(proxy: ProxyProcess, ollam
     response = httpx.post(f"{proxy.url}/v1/messages", json=secret, trust_env=False)
     request_id = response.headers["request-id"]
     deadline = time.monotonic() + 5
-    while request_id not in proxy.log():
+    # The request's end line (its start line comes first, without status or counts).
+    while f"{request_id} POST" not in proxy.log():
         assert time.monotonic() < deadline
         time.sleep(0.05)
     log = proxy.log()
-    line = next(line for line in log.splitlines() if request_id in line)
+    line = next(line for line in log.splitlines() if f"{request_id} POST" in line)
     assert "POST /v1/messages 200 model=llama3.1->llama3.1 in=12 out=5" in line
     assert line.rstrip().endswith("ms") or "ms (" in line
     assert "TANGERINE-42" not in log and "PURPLE-OCTOPUS" not in log
