@@ -8,7 +8,6 @@ answered, so nothing of the answer has been relayed yet (at most `message_start`
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,9 +20,9 @@ from ccop.errors import ProxyError, UpstreamError
 from ccop.hosts import HostPool, OllamaHost
 from ccop.scheduler import Admission, Grant
 from ccop.settings import redacted_url
-from ccop.upstream import HEADER_GRACE
+from ccop.upstream import with_grace
 
-__all__ = ["Dispatcher", "Opened", "SchedulerLike", "with_grace"]
+__all__ = ["Dispatcher", "Opened", "SchedulerLike"]
 
 logger = logging.getLogger("ccop.dispatch")
 
@@ -52,21 +51,6 @@ class Opened:
     response: httpx.Response
     host: OllamaHost
     grant: Grant
-
-
-async def with_grace(waiting: Awaitable[T], on_slow: Callable[[], Awaitable[None]] | None) -> T:
-    """Await `waiting`; if it takes longer than `HEADER_GRACE`, run `on_slow` (the stream starts) and go on waiting."""
-    if on_slow is None:
-        return await waiting
-    task = asyncio.ensure_future(waiting)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=HEADER_GRACE)
-        if not done:
-            await on_slow()
-        return await task
-    except BaseException:
-        task.cancel()
-        raise
 
 
 class Dispatcher:

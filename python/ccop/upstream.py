@@ -8,6 +8,7 @@ import base64
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import httpx
 import orjson
@@ -34,9 +35,12 @@ __all__ = [
     "read_error_body",
     "transport_failure",
     "unreachable",
+    "with_grace",
 ]
 
 logger = logging.getLogger("ccop.upstream")
+
+T = TypeVar("T")
 
 # Ollama runs next to the proxy: if it does not accept a connection within seconds it is not running.
 CONNECT_TIMEOUT = 5.0
@@ -147,19 +151,33 @@ class OllamaChat:
     async def _send(
         self, request: httpx.Request, on_slow_headers: Callable[[], Awaitable[None]] | None
     ) -> httpx.Response:
-        sending = asyncio.ensure_future(self._client.send(request, stream=True))
-        try:
-            if on_slow_headers is not None:
-                done, _ = await asyncio.wait({sending}, timeout=HEADER_GRACE)
-                if not done:
-                    await on_slow_headers()
-            return await sending
-        except BaseException:
-            # Cancelled (or failed) while waiting: cancelling the send closes its connection, so Ollama stops; a
-            # response that made it anyway is closed too.
-            sending.cancel()
-            sending.add_done_callback(_close_unclaimed)
-            raise
+        # Cancelled (or failed) while waiting: cancelling the send closes its connection, so Ollama stops; a response
+        # that made it anyway is closed too.
+        return await with_grace(self._client.send(request, stream=True), on_slow_headers, _close_unclaimed)
+
+
+async def with_grace(
+    waiting: Awaitable[T],
+    on_slow: Callable[[], Awaitable[None]] | None,
+    abandoned: Callable[[asyncio.Future[T]], None] | None = None,
+) -> T:
+    """Await `waiting`; once it has taken `HEADER_GRACE`, run `on_slow` (a stream starts) and go on waiting.
+
+    If the wait is cancelled or fails, `waiting` is cancelled, and `abandoned` sees its outcome once it is settled (a
+    result that raced in, which the caller must not leak).
+    """
+    task = asyncio.ensure_future(waiting)
+    try:
+        if on_slow is not None:
+            done, _ = await asyncio.wait({task}, timeout=HEADER_GRACE)
+            if not done:
+                await on_slow()
+        return await task
+    except BaseException:
+        task.cancel()
+        if abandoned is not None:
+            task.add_done_callback(abandoned)
+        raise
 
 
 def _close_unclaimed(sending: asyncio.Future[httpx.Response]) -> None:
